@@ -1,0 +1,137 @@
+"""Uncertainty calibration: RMV vs RMSE in bins of predicted std, a linear fit, and ENCE.
+
+Pixels are binned by their predicted standard deviation (equal-width bins). For bin k,
+RMV_k = sqrt(mean(σ²)) and RMSE_k = sqrt(mean((μ − x)²)). A well-calibrated model has
+RMSE_k ≈ RMV_k; the fit RMSE ≈ a·RMV + b, made on validation data, rescales every later std:
+σ_cal = a·σ + b. ENCE = mean_k |RMV_k − RMSE_k| / RMV_k over non-empty bins
+(Levi et al., "Evaluating and Calibrating Uncertainty Prediction in Regression Tasks", 2022).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CalibrationCurve:
+    """Per-bin statistics; all arrays have one entry per non-empty bin."""
+
+    rmv: np.ndarray
+    rmse: np.ndarray
+    counts: np.ndarray
+    bin_edges: np.ndarray  # (n_bins + 1,) edges over the std range, empty bins included
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Linear std rescaling σ_cal = a·σ + b, fitted on validation data."""
+
+    a: float = 1.0
+    b: float = 0.0
+
+    def apply(self, std: np.ndarray) -> np.ndarray:
+        """Calibrated std (same shape and units as `std`), clipped at 0."""
+        return np.maximum(self.a * std + self.b, 0.0).astype(std.dtype, copy=False)
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def calibration_curve(std: np.ndarray, error: np.ndarray, n_bins: int = 50) -> CalibrationCurve:
+    """Bin pixels by predicted std and compute RMV and RMSE per bin.
+
+    Args:
+        std: predicted per-pixel standard deviations, any shape (intensity units).
+        error: prediction − target, same shape as `std`.
+        n_bins: number of equal-width bins between min and max std.
+    """
+    std = np.asarray(std, dtype=np.float64).ravel()
+    error = np.asarray(error, dtype=np.float64).ravel()
+    if std.shape != error.shape:
+        raise ValueError(f"std and error must have the same number of pixels, got {std.size} "
+                         f"and {error.size}")
+    if std.size == 0:
+        raise ValueError("cannot calibrate on zero pixels")
+    if not (np.isfinite(std).all() and np.isfinite(error).all()):
+        raise ValueError("std and error must be finite (found NaN or Inf)")
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    lo, hi = float(std.min()), float(std.max())
+    edges = np.linspace(lo, hi if hi > lo else lo + 1e-12, n_bins + 1)
+    idx = np.clip(np.searchsorted(edges, std, side="right") - 1, 0, n_bins - 1)
+    counts = np.bincount(idx, minlength=n_bins)
+    var_sum = np.bincount(idx, weights=std**2, minlength=n_bins)
+    sq_sum = np.bincount(idx, weights=error**2, minlength=n_bins)
+    keep = counts > 0
+    return CalibrationCurve(
+        rmv=np.sqrt(var_sum[keep] / counts[keep]),
+        rmse=np.sqrt(sq_sum[keep] / counts[keep]),
+        counts=counts[keep],
+        bin_edges=edges,
+    )
+
+
+def fit_calibration(curve: CalibrationCurve) -> tuple[float, float]:
+    """Least-squares fit RMSE ≈ a·RMV + b over the bins, weighted by pixel count.
+
+    Weighting by count keeps nearly empty tail bins from dominating the fit.
+    """
+    if curve.rmv.size < 2 or np.ptp(curve.rmv) == 0:
+        # One bin only: a pure scale that matches RMSE.
+        rmv = float(np.sum(curve.counts * curve.rmv) / curve.counts.sum())
+        rmse = float(np.sum(curve.counts * curve.rmse) / curve.counts.sum())
+        return (rmse / rmv if rmv > 0 else 1.0), 0.0
+    w = np.sqrt(curve.counts.astype(np.float64))
+    design = np.stack([curve.rmv, np.ones_like(curve.rmv)], axis=1) * w[:, None]
+    (a, b), *_ = np.linalg.lstsq(design, curve.rmse * w, rcond=None)
+    if a <= 0:
+        # A non-increasing fit would invert the uncertainty ranking: fall back to a pure scale.
+        wc = curve.counts.astype(np.float64)
+        return float(np.sum(wc * curve.rmse * curve.rmv) / np.sum(wc * curve.rmv**2)), 0.0
+    return float(a), float(b)
+
+
+def ence(curve: CalibrationCurve) -> float:
+    """Expected normalised calibration error: mean over bins of |RMV − RMSE| / RMV."""
+    ok = curve.rmv > 0
+    if not ok.any():
+        raise ValueError("ENCE is undefined when every predicted std is zero")
+    return float(np.mean(np.abs(curve.rmv[ok] - curve.rmse[ok]) / curve.rmv[ok]))
+
+
+def fit(std: np.ndarray, error: np.ndarray, n_bins: int = 50) -> Calibration:
+    """Fit a :class:`Calibration` from validation std and error arrays (same shape)."""
+    a, b = fit_calibration(calibration_curve(std, error, n_bins))
+    return Calibration(a=a, b=b)
+
+
+def plot_calibration(curves: dict[str, CalibrationCurve], path: str | Path,
+                     title: str = "Calibration") -> Path:
+    """Plot RMSE vs RMV per labelled curve with the identity line, written as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hazematching.io import atomic_path
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
+    top = 0.0
+    for label, c in curves.items():
+        ax.plot(c.rmv, c.rmse, "o-", ms=3, label=f"{label} (ENCE {ence(c):.3f})")
+        top = max(top, float(c.rmv.max()), float(c.rmse.max()))
+    ax.plot([0, top], [0, top], "k--", lw=1, label="identity")
+    ax.set_xlabel("RMV (root mean predicted variance)")
+    ax.set_ylabel("RMSE")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.set_aspect("equal")
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path

@@ -1,0 +1,225 @@
+"""Validated configuration: one pydantic model per pipeline stage, gathered in :class:`ModelConfig`.
+
+Configs are data: they serialise to YAML, are saved with every model and every output, and fail
+before any work is done with a message that names the offending field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+AXES_ALLOWED = ("YX", "ZYX", "TYX", "SYX", "CYX", "ZCYX", "TCYX", "SCYX")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """How paired training data are read, normalised and cut into patches."""
+
+    train_dir: Path | None = Field(None, description="Folder of training pairs (see `layout`).")
+    val_dir: Path | None = Field(None, description="Folder of validation pairs; if absent a "
+                                 "fraction of the training images is held out.")
+    layout: Literal["auto", "paper", "input_target"] = Field(
+        "auto", description="'paper': one TIFF per sample, channel 0 = confocal target, "
+        "channel 1 = widefield input. 'input_target': sub-folders input/ and target/ with "
+        "matching file names. 'auto' detects which.")
+    axes: str | None = Field(None, description="Axes of the files (e.g. 'YX', 'ZYX', 'CYX'); "
+                             "None guesses from the file.")
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    patch_size: int = Field(128, ge=16, description="Side of the square training patches (px).")
+    augment: bool = Field(True, description="Random flips and 90° rotations.")
+    patches_per_epoch: int | None = Field(
+        None, ge=1, description="Patches drawn per epoch; None = enough to cover the training "
+        "pixels once (at least one per image).")
+    normalization: Literal["meanstd", "percentile"] = "meanstd"
+    percentiles: tuple[float, float] = (0.1, 99.9)
+    num_workers: int = Field(0, ge=0)
+
+    @field_validator("axes")
+    @classmethod
+    def _axes_known(cls, v: str | None) -> str | None:
+        if v is not None and v.upper() not in AXES_ALLOWED:
+            raise ValueError(f"axes {v!r} is not supported; expected one of {', '.join(AXES_ALLOWED)}")
+        return None if v is None else v.upper()
+
+    @field_validator("percentiles")
+    @classmethod
+    def _pct_order(cls, v: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = v
+        if not 0.0 <= lo < hi <= 100.0:
+            raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {v}")
+        return v
+
+
+class NetworkConfig(_Strict):
+    """The time-conditioned ADM U-Net (defaults: the paper's network, ~3.7 M parameters)."""
+
+    model_channels: int = Field(32, ge=4)
+    channel_mult: tuple[int, ...] = (1, 1, 2, 3, 4)
+    num_res_blocks: int = Field(1, ge=1)
+    attention_downsample: tuple[int, ...] = Field(
+        (8,), description="Downsampling factors at which self-attention is used; 8 is the "
+        "16×16 feature map of a 128-px patch, as in the paper.")
+    num_heads: int = Field(1, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @field_validator("channel_mult")
+    @classmethod
+    def _mult(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if len(v) < 1 or any(m < 1 for m in v):
+            raise ValueError(f"channel_mult must be a non-empty tuple of positive ints, got {v}")
+        return v
+
+    @property
+    def divisor(self) -> int:
+        """Image sides must be multiples of this (one halving per level but the last)."""
+        return 2 ** (len(self.channel_mult) - 1)
+
+
+class TrainingConfig(_Strict):
+    """Optimisation and the Lightning trainer."""
+
+    epochs: int = Field(200, ge=1)
+    max_steps: int = Field(-1, description="Stop after this many optimiser steps (-1: no limit).")
+    max_minutes: float | None = Field(None, gt=0, description="Stop after this wall-clock time.")
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-4, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    ema_decay: float | None = Field(0.999, description="EMA of the weights used for validation "
+                                    "and prediction; None disables it.")
+    grad_clip: float | None = Field(1.0, gt=0.0)
+    precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = Field(
+        "auto", description="'auto': bf16-mixed on a GPU that supports it, else fp32.")
+    t_sampling: Literal["grid", "uniform"] = Field(
+        "grid", description="'grid': t drawn from linspace(0, 1, n_time_points) as in the paper.")
+    n_time_points: int = Field(20, ge=2)
+    seed: int = 0
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    strategy: str = "auto"
+    val_every_n_epochs: int = Field(1, ge=1)
+    limit_val_batches: int | float = 1.0
+    progress_bar: bool = True
+
+
+class SamplingConfig(_Strict):
+    """Posterior sampling and tiled prediction."""
+
+    solver: Literal["euler", "heun"] = "euler"
+    n_time_points: int = Field(20, ge=2, description="Time points of the ODE grid (paper: 20, "
+                               "i.e. 19 Euler steps).")
+    n_samples: int = Field(50, ge=1)
+    tile_size: int = Field(128, ge=16, description="Side of the square tiles (px).")
+    tile_overlap: int = Field(32, ge=0, description="Overlap between neighbouring tiles (px); "
+                              "blended with a smooth window so that no seam shows.")
+    batch_size: int = Field(32, ge=1, description="Network batch: (tile, sample) pairs per call.")
+    seed: int | None = 0
+    precision: Literal["auto", "32", "bf16"] = Field(
+        "auto", description="Network arithmetic during sampling; 'auto': bf16 autocast on a GPU, "
+        "fp32 on the CPU. The ODE state is always accumulated in fp32.")
+
+    @model_validator(mode="after")
+    def _overlap(self) -> SamplingConfig:
+        if self.tile_overlap * 2 >= self.tile_size:
+            raise ValueError(f"tile_overlap ({self.tile_overlap}) must be smaller than half the "
+                             f"tile_size ({self.tile_size})")
+        return self
+
+
+class ModelConfig(_Strict):
+    """Everything needed to train and run one model; saved with it."""
+
+    method: str = Field("hazematching", description="Restoration method (see `methods`).")
+    method_options: dict[str, Any] = Field(default_factory=dict,
+                                           description="Options specific to the method.")
+    in_channels: int = Field(1, ge=1, description="Conditioning (widefield) channels.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    network: NetworkConfig = Field(default_factory=NetworkConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> ModelConfig:
+        d = self.network.divisor
+        for name, size in (("data.patch_size", self.data.patch_size),
+                           ("sampling.tile_size", self.sampling.tile_size)):
+            if size % d:
+                raise ValueError(f"{name}={size} must be divisible by {d} = 2**(len("
+                                 f"network.channel_mult)-1) with channel_mult="
+                                 f"{self.network.channel_mult}")
+        for ds in self.network.attention_downsample:
+            if ds > d or ds & (ds - 1):
+                raise ValueError(f"network.attention_downsample contains {ds}; expected powers of "
+                                 f"two no larger than {d}")
+        from hazematching.methods import available_methods
+
+        if self.method not in available_methods():
+            raise ValueError(f"method {self.method!r} is unknown; expected one of "
+                             f"{', '.join(available_methods())}")
+        return self
+
+    def with_overrides(self, overrides: dict[str, Any], source: str = "overrides") -> ModelConfig:
+        """A new, re-validated config with dotted-path overrides ({'training.epochs': 5}).
+
+        None values are skipped, so optional command-line options can be passed straight in.
+        """
+        raw = self.model_dump(mode="json")
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            node = raw
+            *parents, leaf = key.split(".")
+            for p in parents:
+                if not isinstance(node.get(p), dict):
+                    raise ValueError(f"{source}: unknown config section {p!r} in {key!r}")
+                node = node[p]
+            if leaf not in node and node is not raw.get("method_options"):
+                raise ValueError(f"{source}: unknown config field {key!r}")
+            node[leaf] = value
+        return ModelConfig.from_dict(raw, source=source)
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        """Serialise to YAML (and write it to `path` if given)."""
+        text = yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        if path is not None:
+            from hazematching.io import atomic_write_text
+
+            atomic_write_text(Path(path), text)
+        return text
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> ModelConfig:
+        """Read and validate a YAML file; errors name the file and the offending field."""
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise FileNotFoundError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: not valid YAML: {err}") from None
+        return cls.from_dict(raw, source=str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> ModelConfig:
+        """Validate a nested dict; a :class:`ConfigError` lists every bad field by its path."""
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as err:
+            raise ConfigError(source, err) from None
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message names each offending field."""
+
+    def __init__(self, source: str, err: ValidationError):
+        lines = [f"{source}: invalid configuration"]
+        for e in err.errors():
+            loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+            lines.append(f"  - {loc}: {e['msg']} (got {e.get('input')!r})")
+        super().__init__("\n".join(lines))

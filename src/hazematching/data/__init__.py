@@ -1,0 +1,1 @@
+"""Data: paired images on disk, normalisation, patches, tiling, simulation and downloads."""

@@ -1,0 +1,6 @@
+"""Pure networks: ``nn.Module`` s that map tensors to tensors and know nothing of training.
+
+Each network lives in its own module and is re-exported here with one line.
+"""
+
+from hazematching.nets.unet import UNet as UNet
