@@ -62,6 +62,8 @@ class Model:
         self.normalizer: Normalizer | None = None
         self.calibration: cal.Calibration | None = None
         self.path: Path | None = None
+        #: After :meth:`fit`: steps, epochs, best validation loss, this process's rank.
+        self.training_summary: dict = {}
 
     # ---------------------------------------------------------------- training
     def fit(self, train: str | Path | PairedImages | None = None,
@@ -100,6 +102,9 @@ class Model:
             extra = {"best_checkpoint": best.name if best else None,
                      "val_loss": _best_score(trainer), "epochs": trainer.current_epoch,
                      "steps": trainer.global_step}
+            self.training_summary = {**extra, "global_rank": trainer.global_rank,
+                                     "world_size": trainer.world_size,
+                                     "batches_per_epoch": len(trainer.train_dataloader)}
         else:
             is_zero, extra = True, {}
         if is_zero:
@@ -282,6 +287,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Model:
     model.config, model.method = loaded.config, loaded.method
     model.normalizer, model.calibration = loaded.normalizer, loaded.calibration
     model.path = Path(path) if Path(path).is_dir() else None
+    model.training_summary = {}
     return model
 
 

@@ -15,7 +15,7 @@ from hazematching.config import ModelConfig
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Dehaze widefield fluorescence microscopy images with calibrated "
                        "uncertainty (HazeMatching).")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def _fail(message: str) -> None:

@@ -157,11 +157,17 @@ class ModelConfig(_Strict):
             if ds > d or ds & (ds - 1):
                 raise ValueError(f"network.attention_downsample contains {ds}; expected powers of "
                                  f"two no larger than {d}")
-        from hazematching.methods import available_methods
+        from hazematching.methods import available_methods, get_method_class
 
         if self.method not in available_methods():
             raise ValueError(f"method {self.method!r} is unknown; expected one of "
                              f"{', '.join(available_methods())}")
+        try:
+            get_method_class(self.method).Options.model_validate(self.method_options)
+        except ValidationError as err:
+            bad = "; ".join(f"method_options.{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                            for e in err.errors())
+            raise ValueError(f"invalid options for method {self.method!r}: {bad}") from None
         return self
 
     def with_overrides(self, overrides: dict[str, Any], source: str = "overrides") -> ModelConfig:
@@ -220,6 +226,7 @@ class ConfigError(ValueError):
     def __init__(self, source: str, err: ValidationError):
         lines = [f"{source}: invalid configuration"]
         for e in err.errors():
-            loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-            lines.append(f"  - {loc}: {e['msg']} (got {e.get('input')!r})")
+            loc = ".".join(str(p) for p in e["loc"])
+            got = f" (got {e.get('input')!r})" if loc else ""
+            lines.append(f"  - {loc or 'config'}: {e['msg']}{got}")
         super().__init__("\n".join(lines))

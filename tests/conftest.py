@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny configs, paired images on disk, and small test-only methods."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from hazematching.config import ModelConfig
+from helpers import make_pairs, write_paper_layout
+from hazematching.methods import register
+from hazematching.methods.base import Method, randn
+
+torch.set_num_threads(2)
+
+
+@register
+class IdentityMethod(Method):
+    """Returns its first condition channel: makes tiling and stitching exactly checkable."""
+
+    name = "test-identity"
+    trainable = False
+
+    def predict_batch(self, cond, generator=None):
+        return cond[:, :1].clone()
+
+
+@register
+class NoisyIdentityMethod(Method):
+    """cond + N(0, 1): a stochastic method with known posterior mean and std."""
+
+    name = "test-noisy"
+    stochastic = True
+    trainable = False
+
+    def predict_batch(self, cond, generator=None):
+        return cond[:, :1] + randn((cond.shape[0], 1, *cond.shape[2:]), cond, generator)
+
+
+TINY = {
+    "data": {"patch_size": 32},
+    "network": {"model_channels": 8, "channel_mult": [1, 2], "attention_downsample": [2]},
+    "training": {"epochs": 2, "batch_size": 4, "progress_bar": False, "ema_decay": 0.9},
+    "sampling": {"tile_size": 32, "tile_overlap": 8, "n_samples": 4, "batch_size": 8,
+                 "n_time_points": 4},
+}
+
+
+@pytest.fixture
+def tiny_config() -> ModelConfig:
+    return ModelConfig.from_dict(TINY)
+
+
+@pytest.fixture
+def pairs() -> PairedImages:
+    return make_pairs(4)
+
+
+@pytest.fixture
+def paper_dataset(tmp_path: Path) -> Path:
+    """A dataset root with train/ and val/ in the paper layout."""
+    root = tmp_path / "dataset"
+    write_paper_layout(root / "train", make_pairs(4, seed=1))
+    write_paper_layout(root / "val", make_pairs(2, seed=2))
+    return root

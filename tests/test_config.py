@@ -1,0 +1,46 @@
+import pytest
+
+from hazematching.config import ConfigError, ModelConfig
+
+
+def test_default_is_paper_and_yaml_roundtrip(tmp_path):
+    c = ModelConfig()
+    assert c.network.channel_mult == (1, 1, 2, 3, 4) and c.sampling.n_time_points == 20
+    assert c.training.lr == 1e-4 and c.training.batch_size == 16
+    c.to_yaml(tmp_path / "c.yaml")
+    assert ModelConfig.from_yaml(tmp_path / "c.yaml") == c
+
+
+@pytest.mark.parametrize("raw,field", [
+    ({"training": {"lr": -1}}, "training.lr"),
+    ({"data": {"patch_size": 100}}, "data.patch_size=100 must be divisible by 16"),
+    ({"sampling": {"tile_size": 64, "tile_overlap": 40}}, "tile_overlap"),
+    ({"method": "nope"}, "method 'nope' is unknown"),
+    ({"data": {"axes": "QYX"}}, "data.axes"),
+    ({"trainnig": {}}, "trainnig"),
+    ({"network": {"attention_downsample": [3]}}, "attention_downsample contains 3"),
+])
+def test_invalid_fields_are_named(raw, field):
+    with pytest.raises(ConfigError, match=field.replace("(", r"\(")):
+        ModelConfig.from_dict(raw)
+
+
+def test_yaml_errors_name_file(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("training: {lr: [}")
+    with pytest.raises(ValueError, match="bad.yaml: not valid YAML"):
+        ModelConfig.from_yaml(p)
+    p.write_text("training:\n  epochs: zero\n")
+    with pytest.raises(ConfigError, match=r"(?s)bad.yaml: invalid.*training.epochs"):
+        ModelConfig.from_yaml(p)
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        ModelConfig.from_yaml(tmp_path / "missing.yaml")
+
+
+def test_overrides():
+    c = ModelConfig().with_overrides({"training.epochs": 3, "sampling.solver": None})
+    assert c.training.epochs == 3 and c.sampling.solver == "euler"
+    with pytest.raises(ValueError, match="unknown config field 'training.epoch'"):
+        ModelConfig().with_overrides({"training.epoch": 3})
+    with pytest.raises(ConfigError, match="method_options"):
+        ModelConfig().with_overrides({"method_options.bogus": 1})
