@@ -126,8 +126,8 @@ class SamplingConfig(_Strict):
 
     @model_validator(mode="after")
     def _overlap(self) -> SamplingConfig:
-        if self.tile_overlap * 2 >= self.tile_size:
-            raise ValueError(f"tile_overlap ({self.tile_overlap}) must be smaller than half the "
+        if self.tile_overlap * 2 > self.tile_size:
+            raise ValueError(f"tile_overlap ({self.tile_overlap}) must be at most half the "
                              f"tile_size ({self.tile_size})")
         return self
 

@@ -31,15 +31,19 @@ DEMO_CONFIG = {
 }
 
 
-def demo_config(train_minutes: float) -> ModelConfig:
+def demo_config(train_minutes: float, overrides: dict | None = None) -> ModelConfig:
     """The demo's configuration, training for at most `train_minutes`."""
     return ModelConfig.from_dict(DEMO_CONFIG).with_overrides(
-        {"training.max_minutes": train_minutes})
+        {"training.max_minutes": train_minutes, **(overrides or {})}, source="demo")
 
 
 def run_demo(out: str | Path, *, train_minutes: float = 5.0, n_pairs: int = 200,
-             size: int = 128, device: str = "auto", seed: int = 0) -> str:
+             size: int = 128, device: str = "auto", seed: int = 0,
+             overrides: dict | None = None) -> str:
     """Run the demo into `out` (which must be new or empty) and return a text summary.
+
+    `overrides` are dotted config fields applied on top of :data:`DEMO_CONFIG` (tests use them
+    to shrink the run).
 
     Writes ``out/data`` (paper layout), ``out/model`` (model directory), ``out/predictions``
     (``*_mmse.tif``, ``*_std.tif``), ``out/figure.png``, ``out/calibration.png`` and
@@ -57,7 +61,7 @@ def run_demo(out: str | Path, *, train_minutes: float = 5.0, n_pairs: int = 200,
     write_pairs(out / "data", target, widefield, split_fractions=(0.9, 0.05, 0.05))
     timings["simulate_s"] = time.perf_counter() - t0
 
-    model = Model(demo_config(train_minutes))
+    model = Model(demo_config(train_minutes, overrides))
     model.fit(out / "data" / "train", out / "data" / "val", out_dir=out / "model")
     timings["train_s"] = time.perf_counter() - t0 - sum(timings.values())
 

@@ -14,7 +14,7 @@ from hazematching.methods.base import Method
 if TYPE_CHECKING:
     from hazematching.config import ModelConfig
 
-_MODULES = ("hazematching",)
+_MODULES = ("hazematching", "regression", "rcan", "gan", "indi", "sifm", "richardson_lucy")
 _REGISTRY: dict[str, type[Method]] = {}
 
 

@@ -7,9 +7,10 @@ Tensors are normalised intensities: targets (B, 1, H, W), conditions (B, C, H, W
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
@@ -76,3 +77,15 @@ class Method(nn.Module):
 def randn(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
     """Standard normal noise on `like`'s device and dtype, drawn from `generator` if given."""
     return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+PixelLoss = Literal["mse", "l1"]
+
+
+def pixel_loss(kind: PixelLoss, prediction: Tensor, target: Tensor) -> Tensor:
+    """Mean squared ('mse') or mean absolute ('l1') error of two (B, 1, H, W) tensors.
+
+    Computed in float32 so that bf16 network outputs under autocast do not round the loss.
+    """
+    loss = F.mse_loss if kind == "mse" else F.l1_loss
+    return loss(prediction.float(), target.float())

@@ -7,16 +7,13 @@ Sampling integrates the ODE from fresh noise with y held fixed; each run is a po
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from hazematching.config import ModelConfig
 from hazematching.methods import register
-from hazematching.methods.base import Method, randn
+from hazematching.methods.base import Method, PixelLoss, pixel_loss, randn
 from hazematching.nets import UNet
 from hazematching.sampling import get_solver, network_calls, time_grid
 
@@ -24,7 +21,7 @@ from hazematching.sampling import get_solver, network_calls, time_grid
 class HazeMatchingOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    loss: Literal["mse", "l1"] = Field("mse", description="Velocity regression loss.")
+    loss: PixelLoss = Field("mse", description="Velocity regression loss.")
 
 
 @register
@@ -51,21 +48,23 @@ class HazeMatching(Method):
             return grid[torch.randint(0, tc.n_time_points, (n,), device=like.device)]
         return torch.rand(n, device=like.device, dtype=like.dtype)
 
+    def source(self, cond: Tensor, generator: torch.Generator | None = None, *,
+               training: bool = False) -> Tensor:
+        """Path start x0 (B, 1, H, W): Gaussian noise. Other flows override this."""
+        return randn((cond.shape[0], 1, *cond.shape[2:]), cond, generator)
+
     def training_loss(self, target: Tensor, cond: Tensor) -> Tensor:
         x1 = target
-        x0 = torch.randn_like(x1)
+        x0 = self.source(cond, training=True)
         t = self.sample_t(x1.shape[0], x1)
         tb = t.view(-1, 1, 1, 1)
         xt = (1 - tb) * x0 + tb * x1
-        v = self.velocity(t, xt, cond)
-        loss = F.mse_loss if self.options.loss == "mse" else F.l1_loss
-        return loss(v.float(), (x1 - x0).float())
+        return pixel_loss(self.options.loss, self.velocity(t, xt, cond), x1 - x0)
 
     def predict_batch(self, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
         s = self.config.sampling
-        x0 = randn((cond.shape[0], 1, *cond.shape[2:]), cond, generator)
         solve = get_solver(s.solver)
-        return solve(lambda t, x: self.velocity(t, x, cond), x0,
+        return solve(lambda t, x: self.velocity(t, x, cond), self.source(cond, generator),
                      time_grid(s.n_time_points, cond.device).to(cond.dtype))
 
     def network_calls(self) -> int:
