@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 from hazematching.config import ModelConfig
-from helpers import make_pairs, write_paper_layout
+from helpers import StaticServer, make_pairs, write_paper_layout
 from hazematching.methods import register
 from hazematching.methods.base import Method, randn
 
@@ -64,3 +65,10 @@ def paper_dataset(tmp_path: Path) -> Path:
     write_paper_layout(root / "train", make_pairs(4, seed=1))
     write_paper_layout(root / "val", make_pairs(2, seed=2))
     return root
+
+
+@pytest.fixture
+def static_server(tmp_path: Path) -> Iterator[StaticServer]:
+    """A :class:`helpers.StaticServer` serving ``tmp_path / "www"``, stopped afterwards."""
+    with StaticServer(tmp_path / "www") as server:
+        yield server
