@@ -85,3 +85,16 @@ def test_calibrate_stores_factors(model, tmp_path):
 def test_wrong_channel_count(model):
     with pytest.raises(ValueError, match="expects 1 input channel"):
         model.predict(np.zeros((2, 32, 32)), "CYX")
+
+
+def test_reconfigure_keeps_weights_and_refuses_network_changes(model):
+    import copy
+
+    m = copy.deepcopy(model)
+    before = {k: v.clone() for k, v in m.method.state_dict().items()}
+    m.reconfigure({"sampling.n_time_points": 3, "sampling.solver": "heun"})
+    assert m.config.sampling.solver == "heun" and m.method.config.sampling.n_time_points == 3
+    assert all((before[k] == v).all() for k, v in m.method.state_dict().items())
+    with pytest.raises(ValueError, match="alter the network"):
+        m.reconfigure({"network.model_channels": 16})
+    assert m.config.network.model_channels == 8

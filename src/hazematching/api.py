@@ -165,11 +165,21 @@ class Model:
                           std=None if std is None else from_planes(std, axes.upper()),
                           samples=samples, axes=out_axes)
 
-    def set_sampling(self, **options: object) -> None:
-        """Change sampling settings (solver, n_time_points, tile_size, …); None keeps a value."""
-        self.config = self.config.with_overrides(
-            {f"sampling.{k}": v for k, v in options.items()}, source="sampling options")
-        self.method.config = self.config
+    def reconfigure(self, overrides: dict[str, object]) -> Model:
+        """Change settings that leave the weights valid (sampling, inference-time method
+        options such as InDI's steps), e.g. ``{"sampling.n_time_points": 10}``.
+
+        The method is rebuilt from the new config and the current weights are loaded into it;
+        a change that alters the network (its shapes) is refused.
+        """
+        config = self.config.with_overrides(overrides, source="reconfigure")
+        method = build_method(config)
+        try:
+            method.load_state_dict(self.method.state_dict())
+        except RuntimeError as err:
+            raise ValueError(f"these changes alter the network, retrain instead: {err}") from None
+        self.config, self.method = config, method.eval()
+        return self
 
     def _to_output_units(self, mean: np.ndarray, std: np.ndarray | None
                          ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -180,25 +190,36 @@ class Model:
             norm.target.scale)
 
     def predict_file(self, path: str | Path, out_dir: str | Path, *, axes: str | None = None,
-                     n_samples: int | None = None, save_samples: bool = False,
-                     overwrite: bool = False, device: str | None = "auto",
-                     progress: bool = False) -> dict[str, Path]:
+                     channels: list[int] | None = None, n_samples: int | None = None,
+                     save_samples: bool = False, overwrite: bool = False,
+                     device: str | None = "auto", progress: bool = False) -> dict[str, Path]:
         """Dehaze one TIFF; write ``<stem>_mmse.tif``, ``<stem>_std.tif`` (stochastic methods)
-        and ``<stem>_samples.tif`` (if asked) into `out_dir`, never over the input.
+        and ``<stem>_samples.tif`` (if asked) into `out_dir`.
 
-        Samples are streamed into a memory-mapped TIFF, so memory does not grow with them.
-        Returns the written paths by kind.
+        Args:
+            path: input TIFF; axes from `axes` or the file.
+            channels: indices along the file's C axis to use as input, e.g. ``[1]`` for the
+                widefield channel of a paper-layout pair (default: every channel).
+
+        Existing outputs are never replaced unless `overwrite`. Samples are streamed into a
+        memory-mapped TIFF, so memory does not grow with them. Returns the written paths by kind.
         """
         norm = self._require_trained()
         path, out_dir = Path(path), Path(out_dir)
         image, axes = read_image(path, axes)
+        if channels is not None:
+            if "C" not in axes:
+                raise ValueError(f"{path}: channels={channels} given but the image has no C "
+                                 f"axis (axes {axes!r})")
+            c_axis, n_c = axes.index("C"), image.shape[axes.index("C")]
+            if any(not 0 <= c < n_c for c in channels):
+                raise ValueError(f"{path}: channels {channels} out of range for {n_c} channels")
+            image = np.take(image, channels, axis=c_axis)
         stem = path.name.split(".")[0]
         kinds = ["mmse"] + (["std"] if self.method.stochastic else [])
         kinds += ["samples"] if save_samples and self.method.stochastic else []
         targets = {k: out_dir / f"{stem}_{k}.tif" for k in kinds}
         for t in targets.values():
-            if t.resolve() == path.resolve():
-                raise FileExistsError(f"{t}: refusing to write the prediction over its input")
             if t.exists() and not overwrite:
                 raise FileExistsError(f"{t} exists; pass overwrite=True (CLI: --overwrite) or "
                                       f"choose another output folder")
@@ -245,8 +266,14 @@ class Model:
         norm = self._require_trained()
         pairs = val if isinstance(val, PairedImages) else load_pairs(
             val, self.config.data.layout, self.config.data.axes)
+        # Images of one size are predicted as one stack, so that batches stay full.
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, t in enumerate(pairs.targets):
+            by_shape.setdefault(t.shape[1:], []).append(i)
         stds, errs = [], []
-        for t, x in zip(pairs.targets, pairs.inputs, strict=True):
+        for idx in by_shape.values():
+            x = np.concatenate([pairs.inputs[i] for i in idx])
+            t = np.concatenate([pairs.targets[i] for i in idx])
             res = predict_planes(self.method, norm.normalize_input(x), self.config.sampling,
                                  n_samples=n_samples, device=device, progress=progress)
             stds.append(res.std.ravel())

@@ -64,7 +64,7 @@ def test_imported_model_matches_torchcfm_and_predicts(
     assert published["url"] == static_server.url + "/ckpt/tiny/best_model.pth"
     assert published["sha256"] == preset.checkpoint_sha256
 
-    model.set_sampling(n_time_points=2, n_samples=2)  # one Euler step: CPU time is scarce
+    model.reconfigure({"sampling.n_time_points": 2, "sampling.n_samples": 2})  # one Euler step: CPU time is scarce
     image = np.random.default_rng(0).uniform(1000, 1600, (60, 50)).astype(np.uint16)
     pred = model.predict(image, device="cpu")
     assert pred.mmse.shape == (60, 50) and np.isfinite(pred.mmse).all()

@@ -63,7 +63,7 @@ class TinyRun:
 
     def predict(self, model: Model, seed: int = 0) -> np.ndarray:
         """The MMSE prediction for a raw 48×44 image (44 is no multiple of the tile divisor)."""
-        model.set_sampling(seed=seed)
+        model.reconfigure({"sampling.seed": seed})
         return model.predict(self.pairs.inputs[0][0, 0][:, :44], "YX", device="cpu").mmse
 
     def reloaded(self) -> Model:

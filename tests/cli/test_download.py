@@ -1,4 +1,4 @@
-"""Tests for hazematching.cli_download: the download and split commands on a small typer app,
+"""The download and split commands of the hazematching CLI,
 against a static HTTP server on 127.0.0.1; the imported model then runs through `predict`."""
 
 from __future__ import annotations
@@ -7,21 +7,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import typer
-from helpers import (StaticServer, checkpoint_bytes, neuron_preset, paper_zip, sha256_of,
-                     torchcfm_unet, use_preset)
+from helpers import (
+    StaticServer,
+    checkpoint_bytes,
+    neuron_preset,
+    paper_zip,
+    sha256_of,
+    torchcfm_unet,
+    use_preset,
+)
 from typer.testing import CliRunner
 
-from hazematching import cli
-from hazematching.cli_download import download_command, split_command
+from hazematching.cli import app
 from hazematching.data.datasets import NormStats
 from hazematching.io import write_tiff
 
 pytestmark = pytest.mark.timeout(120)
 
-app = typer.Typer()
-app.command("download")(download_command)
-app.command("split")(split_command)
 runner = CliRunner()
 
 
@@ -63,7 +65,7 @@ def test_download_model_then_predict(published: str, tmp_path: Path) -> None:
 
     image = tmp_path / "image.tif"
     write_tiff(image, np.full((40, 40), 210, np.uint16), "YX")
-    result = runner.invoke(cli.app, ["predict", str(model_dir), str(image), "--out",
+    result = runner.invoke(app, ["predict", str(model_dir), str(image), "--out",
                                      str(tmp_path / "pred"), "--n-samples", "2",
                                      "--n-time-points", "2", "--device", "cpu"])
     assert result.exit_code == 0, result.output

@@ -7,19 +7,12 @@ Mounted by :mod:`hazematching.cli` with ``app.command("download")(download_comma
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, NoReturn, cast
+from typing import Annotated, cast
 
 import typer
-from rich.console import Console
 
+from hazematching.cli.common import console, fail
 from hazematching.data.datasets import dataset_names
-
-console = Console(stderr=True)
-
-
-def _fail(message: str) -> NoReturn:
-    console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code=2)
 
 
 def download_command(
@@ -69,7 +62,7 @@ def download_command(
             console.print(f"published {name} model ready in {model_dir}; run: hazematching "
                           f"predict {model_dir} IMAGE.tif --out OUT")
     except (DownloadError, DatasetError, ValueError, FileExistsError, OSError) as err:
-        _fail(str(err))
+        fail(str(err))
 
 
 def split_command(
@@ -89,13 +82,13 @@ def split_command(
     from hazematching.data.splits import split_dataset
 
     if layout not in ("auto", "paper", "input_target"):
-        _fail(f"--layout must be auto, paper or input_target, got {layout!r}")
+        fail(f"--layout must be auto, paper or input_target, got {layout!r}")
     try:
         summary = split_dataset(src, out, val_fraction=val_fraction, test_fraction=test_fraction,
                                 patch_size=patch_size, seed=seed, layout=cast(Layout, layout),
                                 axes=axes)
     except (ValueError, FileExistsError, OSError) as err:
-        _fail(str(err))
+        fail(str(err))
     counts = ", ".join(f"{k}: {len(v)} image(s)" for k, v in summary.images.items())
     patches = ", ".join(f"{k}: {n}" for k, n in summary.patches.items())
     console.print(f"wrote {summary.root} ({counts}; patches {patches})")

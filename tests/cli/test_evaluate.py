@@ -1,4 +1,4 @@
-"""The evaluate/report commands on a small Typer app, as cli.py registers them."""
+"""The evaluate and report commands of the hazematching CLI."""
 
 from __future__ import annotations
 
@@ -8,16 +8,13 @@ import typer
 from scipy.ndimage import gaussian_filter
 from typer.testing import CliRunner
 
-from hazematching.cli_evaluate import evaluate_command, report_command
+from hazematching.cli import app as cli_app
 from hazematching.io import write_tiff
 
 
 @pytest.fixture
 def app() -> typer.Typer:
-    app = typer.Typer()
-    app.command("evaluate")(evaluate_command)
-    app.command("report")(report_command)
-    return app
+    return cli_app
 
 
 @pytest.fixture

@@ -23,10 +23,21 @@ import typer
 import yaml
 from pydantic import BaseModel
 
-from hazematching.data.simulate import (MicrosimConfig, StackConfig, simulate_from_stack,
-                                        simulate_microsim, stack_focal_planes)
-from hazematching.data.synthetic import (METADATA_FILE, SyntheticConfig, simulate_pairs,
-                                         split_counts, write_pairs)
+from hazematching.cli.common import USER_ERRORS, fail
+from hazematching.data.simulate import (
+    MicrosimConfig,
+    StackConfig,
+    simulate_from_stack,
+    simulate_microsim,
+    stack_focal_planes,
+)
+from hazematching.data.synthetic import (
+    METADATA_FILE,
+    SyntheticConfig,
+    simulate_pairs,
+    split_counts,
+    write_pairs,
+)
 from hazematching.io import read_image
 
 simulate_app = typer.Typer(help="Simulate paired widefield/confocal training data (paper "
@@ -95,12 +106,11 @@ def _config(model: type[BaseModel], config_file: Path | None, **options: Any) ->
 
 
 def _run(action: Callable[[], str]) -> None:
-    """Run a command body; print its summary, or a one-line error and exit with status 1."""
+    """Run a command body; print its summary, or a one-line error and exit with status 2."""
     try:
         message = action()
-    except (CliError, ValueError, FileExistsError, ImportError, OSError) as err:
-        typer.secho(f"Error: {err}", err=True, fg=typer.colors.RED)
-        raise typer.Exit(1) from None
+    except (CliError, *USER_ERRORS) as err:
+        fail(str(err))
     typer.echo(message)
 
 

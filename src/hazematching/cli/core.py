@@ -1,4 +1,4 @@
-"""The ``hazematching`` command line: a thin typer layer over the Python API."""
+"""Train, predict, calibrate, write a config, run the demo: the core commands."""
 
 from __future__ import annotations
 
@@ -8,19 +8,9 @@ from typing import Annotated, Any
 
 import typer
 import yaml
-from rich.console import Console
 
+from hazematching.cli.common import USER_ERRORS, console, fail
 from hazematching.config import ModelConfig
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Dehaze widefield fluorescence microscopy images with calibrated "
-                       "uncertainty (HazeMatching).")
-console = Console(stderr=True, soft_wrap=True)
-
-
-def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code=2)
 
 
 def _parse_sets(sets: list[str]) -> dict[str, Any]:
@@ -50,7 +40,6 @@ def _expand_inputs(inputs: list[str]) -> list[Path]:
     return files
 
 
-@app.command()
 def train(
     data: Annotated[Path, typer.Argument(help="Training folder or dataset root (train/ + val/, "
                                               "train_crop/ + val_crop/, or input/ + target/).")],
@@ -87,19 +76,21 @@ def train(
         if (out / META_FILE).exists() and not (out / "checkpoints" / "last.ckpt").exists():
             raise FileExistsError(f"{out} already holds a finished model; choose another --out")
         model = Model(cfg).fit(data, val, out_dir=out, resume=resume)
-    except (ValueError, FileExistsError, FileNotFoundError) as err:
-        _fail(str(err))
+    except USER_ERRORS as err:
+        fail(str(err))
     if model.path is not None:
         console.print(f"model written to [bold]{model.path}[/]")
 
 
-@app.command()
 def predict(
     model: Annotated[Path, typer.Argument(help="Model directory or .zip archive.")],
     inputs: Annotated[list[str], typer.Argument(help="TIFF files, folders or glob patterns.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
     axes: Annotated[str | None, typer.Option(help="Axes of the inputs, e.g. YX, ZYX, TYX, "
                                                   "SYX (default: from the file).")] = None,
+    channel: Annotated[list[int] | None, typer.Option(
+        help="Input channel(s) of multi-channel files, e.g. --channel 1 for the widefield "
+             "channel of paper-layout pairs (default: all).")] = None,
     n_samples: Annotated[int | None, typer.Option(help="Posterior samples per image.")] = None,
     save_samples: Annotated[bool, typer.Option(help="Also write the samples.")] = False,
     solver: Annotated[str | None, typer.Option(help="euler or heun.")] = None,
@@ -116,18 +107,18 @@ def predict(
 
     try:
         m = load_model(model)
-        m.set_sampling(solver=solver, n_time_points=n_time_points, tile_size=tile_size,
-                       tile_overlap=tile_overlap, batch_size=batch_size, seed=seed)
+        m.reconfigure({"sampling.solver": solver, "sampling.n_time_points": n_time_points,
+                       "sampling.tile_size": tile_size, "sampling.tile_overlap": tile_overlap,
+                       "sampling.batch_size": batch_size, "sampling.seed": seed})
         for f in _expand_inputs(inputs):
-            written = m.predict_file(f, out, axes=axes, n_samples=n_samples,
+            written = m.predict_file(f, out, axes=axes, channels=channel, n_samples=n_samples,
                                      save_samples=save_samples, overwrite=overwrite,
                                      device=device, progress=True)
             console.print(f"{f} → " + ", ".join(str(p) for p in written.values()))
-    except (ValueError, FileExistsError, FileNotFoundError) as err:
-        _fail(str(err))
+    except USER_ERRORS as err:
+        fail(str(err))
 
 
-@app.command()
 def calibrate(
     model: Annotated[Path, typer.Argument(help="Model directory.")],
     val: Annotated[Path, typer.Argument(help="Validation pairs (either layout).")],
@@ -146,29 +137,27 @@ def calibrate(
             raise ValueError(f"{model}: calibrate a model directory, not an archive")
         rep = m.calibrate(val, n_samples=n_samples, n_bins=bins, device=device,
                           plot=plot or model / "calibration.png", progress=True)
-    except (ValueError, FileNotFoundError) as err:
-        _fail(str(err))
+    except USER_ERRORS as err:
+        fail(str(err))
     console.print(f"calibration a={rep.calibration.a:.4f} b={rep.calibration.b:.4f}; ENCE "
                   f"{rep.ence_before:.4f} → {rep.ence_after:.4f}")
 
 
-@app.command("config")
 def write_config(
     out: Annotated[Path, typer.Argument(help="YAML file to write.")],
     method: Annotated[str, typer.Option()] = "hazematching",
 ) -> None:
     """Write a default configuration to edit."""
     if out.exists():
-        _fail(f"{out} exists; choose another file name")
+        fail(f"{out} exists; choose another file name")
     ModelConfig().with_overrides({"method": method}, source="--method").to_yaml(out)
     console.print(f"wrote {out}")
 
 
-@app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for data, model, figures.")
                    ] = Path("demo_out"),
-    minutes: Annotated[float, typer.Option(help="Training time budget (minutes).")] = 5.0,
+    minutes: Annotated[float, typer.Option(help="Training time budget (minutes).")] = 4.5,
     device: Annotated[str, typer.Option()] = "auto",
 ) -> None:
     """Simulate data, train a small model, calibrate it, dehaze a held-out image, plot."""
@@ -176,10 +165,23 @@ def demo(
 
     try:
         summary = run_demo(out, train_minutes=minutes, device=device)
-    except (ValueError, FileExistsError) as err:
-        _fail(str(err))
+    except USER_ERRORS as err:
+        fail(str(err))
     console.print(summary)
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    app()
+def benchmark(
+    config: Annotated[Path, typer.Argument(help="Benchmark YAML (dataset, out, budget, "
+                                                "methods, evaluation).")],
+    device: Annotated[str, typer.Option()] = "auto",
+) -> None:
+    """Train (or load) every listed method, predict the test split, evaluate, report."""
+    from hazematching.benchmark import BenchmarkConfig, run_benchmark, summary_table
+
+    try:
+        bench = BenchmarkConfig.from_yaml(config)
+        html = run_benchmark(bench, device=device)
+    except USER_ERRORS as err:
+        fail(str(err))
+    print(summary_table(html.parent))
+    console.print(f"report: [bold]{html}[/]")

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from hazematching.cli_simulate import simulate_app
+from hazematching.cli import app
 from hazematching.data.synthetic import SyntheticConfig, render_volume
 from hazematching.io import list_images, read_image, write_tiff
 
@@ -15,7 +15,7 @@ runner = CliRunner()
 
 
 def invoke(*args: str):
-    return runner.invoke(simulate_app, [str(a) for a in args])
+    return runner.invoke(app, ["simulate", *(str(a) for a in args)])
 
 
 def load_split(folder, split):
@@ -57,11 +57,11 @@ def test_existing_output_and_bad_options_fail_cleanly(tmp_path):
     out = tmp_path / "syn"
     out.mkdir()
     result = invoke("synthetic", "--out", out, "--n", 2)
-    assert result.exit_code == 1 and "already exists" in result.output
+    assert result.exit_code == 2 and "already exists" in result.output
     result = invoke("synthetic", "--out", tmp_path / "x", "--n", 4, "--split", "0.5,0.5")
-    assert result.exit_code == 1 and "--split must be 3" in result.output
+    assert result.exit_code == 2 and "--split must be 3" in result.output
     result = invoke("synthetic", "--out", tmp_path / "x", "--n", 4, "--structure", "cells")
-    assert result.exit_code == 1 and "structure" in result.output
+    assert result.exit_code == 2 and "structure" in result.output
     assert not (tmp_path / "x").exists()
     result = invoke("synthetic", "--out", out, "--n", 3, "--size", 32, "--depth", 6,
                     "--overwrite")
@@ -90,15 +90,15 @@ def test_stack_command(tmp_path, stack_file):
 
 def test_stack_command_errors(tmp_path, stack_file):
     result = invoke("stack", stack_file, "--out", tmp_path / "o")
-    assert result.exit_code == 1 and "--voxel-size is required" in result.output
+    assert result.exit_code == 2 and "--voxel-size is required" in result.output
     result = invoke("stack", stack_file, "--out", tmp_path / "o", "--voxel-size", "0.25,0.1")
-    assert result.exit_code == 1 and "3 comma-separated" in result.output
+    assert result.exit_code == 2 and "3 comma-separated" in result.output
     result = invoke("stack", stack_file, "--out", tmp_path / "o", "--voxel-size", "0.1,0.1,0.1")
-    assert result.exit_code == 1 and "at least 21 planes" in result.output
+    assert result.exit_code == 2 and "at least 21 planes" in result.output
     flat = tmp_path / "plane.tif"
     write_tiff(flat, np.ones((32, 32), np.float32), "YX")
     result = invoke("stack", flat, "--out", tmp_path / "o", "--voxel-size", "0.25,0.1,0.1")
-    assert result.exit_code == 1 and "z-stack (ZYX)" in result.output
+    assert result.exit_code == 2 and "z-stack (ZYX)" in result.output
     assert not (tmp_path / "o").exists()
 
 

@@ -7,14 +7,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=2)
+from hazematching.cli.common import fail
 
 
 def _split_metrics(metrics: list[str] | None) -> list[str] | None:
@@ -63,7 +60,7 @@ def evaluate_command(
             dataset=dataset, method=method, max_perceptual_samples=perceptual_samples)
         report = render_report([out / RESULTS_FILE], out)
     except (ValueError, FileNotFoundError) as err:  # ImageError is a ValueError
-        _fail(str(err))
+        fail(str(err))
     for metric, reason in results["unavailable"].items():
         typer.echo(f"not computed: {metric} — {reason}", err=True)
     mmse = results["variants"]["mmse"]["dataset"]
@@ -84,5 +81,5 @@ def report_command(
     try:
         report = render_report(results, out, title=title)
     except (ValueError, FileNotFoundError) as err:
-        _fail(str(err))
+        fail(str(err))
     typer.echo(f"wrote {report}")
