@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import StaticServer, make_pairs, write_paper_layout
 
 from hazematching.config import ModelConfig
-from helpers import StaticServer, make_pairs, write_paper_layout
 from hazematching.methods import register
 from hazematching.methods.base import Method, randn
 
@@ -51,11 +51,6 @@ TINY = {
 @pytest.fixture
 def tiny_config() -> ModelConfig:
     return ModelConfig.from_dict(TINY)
-
-
-@pytest.fixture
-def pairs() -> PairedImages:
-    return make_pairs(4)
 
 
 @pytest.fixture

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import tifffile
+from helpers import make_pairs
 
 from hazematching import HazeMatching, Model, ModelConfig, load_model
 from hazematching.io import write_tiff
-from helpers import make_pairs
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,14 @@
 import numpy as np
 import pytest
 
-from hazematching.calibration import (Calibration, calibration_curve, ence, fit,
-                                      fit_calibration, plot_calibration)
+from hazematching.calibration import (
+    Calibration,
+    calibration_curve,
+    ence,
+    fit,
+    fit_calibration,
+    plot_calibration,
+)
 
 
 def _draw(scale: float, offset: float = 0.0, n: int = 400_000, seed: int = 0):

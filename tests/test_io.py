@@ -2,8 +2,16 @@ import numpy as np
 import pytest
 import tifffile
 
-from hazematching.io import (ImageError, atomic_path, check_axes, from_planes, list_images,
-                             read_image, to_planes, write_tiff)
+from hazematching.io import (
+    ImageError,
+    atomic_path,
+    check_axes,
+    from_planes,
+    list_images,
+    read_image,
+    to_planes,
+    write_tiff,
+)
 
 
 @pytest.mark.parametrize("axes,shape", [("YX", (5, 6)), ("ZYX", (3, 5, 6)), ("TYX", (2, 5, 6)),

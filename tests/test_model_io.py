@@ -2,16 +2,17 @@ import json
 
 import numpy as np
 import pytest
+from helpers import make_pairs
 
 from hazematching import Model, load_model
 from hazematching.model_io import ModelFileError, export_archive
-from helpers import make_pairs
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from hazematching.config import ModelConfig
     from conftest import TINY
+
+    from hazematching.config import ModelConfig
 
     out = tmp_path_factory.mktemp("model")
     cfg = ModelConfig.from_dict(TINY).with_overrides({"training.epochs": 1})

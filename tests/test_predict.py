@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from hazematching.config import ModelConfig
 from hazematching.methods import build_method
@@ -10,7 +9,8 @@ from hazematching.predict import predict_planes
 
 
 def _method(name: str, **sampling):
-    cfg = ModelConfig.from_dict({"method": name, "network": {"channel_mult": [1, 2, 2], "model_channels": 8,
+    cfg = ModelConfig.from_dict({"method": name,
+                                 "network": {"channel_mult": [1, 2, 2], "model_channels": 8,
                                              "attention_downsample": [4]},
                                  "sampling": {"tile_size": 32, "tile_overlap": 8, "batch_size": 7,
                                               **sampling}})
@@ -78,3 +78,26 @@ def test_bad_shape():
     m = _method("test-identity")
     with pytest.raises(ValueError, match=r"\(N, C, Y, X\)"):
         predict_planes(m, np.zeros((32, 32), np.float32), m.config.sampling)
+
+
+def test_largest_image_is_stitched_exactly():
+    m = _method("test-identity", tile_size=128, tile_overlap=32, batch_size=64)
+    x = np.random.default_rng(4).normal(size=(1, 1, 4096, 4096)).astype(np.float32)
+    res = predict_planes(m, x, m.config.sampling)
+    np.testing.assert_allclose(res.mean, x[:, 0], atol=1e-5)
+
+
+def test_peak_memory_does_not_grow_with_samples():
+    import tracemalloc
+
+    m = _method("test-noisy", tile_size=128, tile_overlap=32, batch_size=64)
+    x = np.zeros((1, 1, 2048, 2048), np.float32)
+    peaks = []
+    for n in (2, 16):
+        tracemalloc.start()
+        predict_planes(m, x, m.config.sampling, n_samples=n)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    image_bytes = x.nbytes
+    assert peaks[1] < 1.05 * peaks[0]
+    assert peaks[1] < 8 * image_bytes  # input copy, mean, var, weights and a few tiles

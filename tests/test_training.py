@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import make_pairs
 
 from hazematching import Model
 from hazematching.model_io import load_model_files
-from helpers import make_pairs
 
 
 def _rows(out: Path) -> list[dict]:

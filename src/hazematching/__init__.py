@@ -16,7 +16,7 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0"
 
-from hazematching.api import Model, HazeMatching, load_model  # noqa: E402
+from hazematching.api import HazeMatching, Model, load_model  # noqa: E402
 from hazematching.config import ModelConfig  # noqa: E402
 
 __all__ = ["HazeMatching", "Model", "ModelConfig", "load_model", "__version__"]

@@ -45,7 +45,8 @@ class DataConfig(_Strict):
     @classmethod
     def _axes_known(cls, v: str | None) -> str | None:
         if v is not None and v.upper() not in AXES_ALLOWED:
-            raise ValueError(f"axes {v!r} is not supported; expected one of {', '.join(AXES_ALLOWED)}")
+            raise ValueError(f"axes {v!r} is not supported; expected one of "
+                             f"{', '.join(AXES_ALLOWED)}")
         return None if v is None else v.upper()
 
     @field_validator("percentiles")

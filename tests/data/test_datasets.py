@@ -9,10 +9,19 @@ import pytest
 from helpers import PAPER_FOLDERS, StaticServer, paper_zip, sha256_of, use_preset
 
 from hazematching.data import datasets
-from hazematching.data.datasets import (DatasetError, DatasetPreset, NormStats, SplitFolders,
-                                        UnknownDatasetError, crop_test_image, download_dataset,
-                                        get_preset, preset_config, register_preset,
-                                        source_channel_of)
+from hazematching.data.datasets import (
+    DatasetError,
+    DatasetPreset,
+    NormStats,
+    SplitFolders,
+    UnknownDatasetError,
+    crop_test_image,
+    download_dataset,
+    get_preset,
+    preset_config,
+    register_preset,
+    source_channel_of,
+)
 from hazematching.data.download import ChecksumError
 from hazematching.data.pairs import load_pairs
 from hazematching.nets.convert import network_config_from_torchcfm

@@ -18,8 +18,13 @@ from pathlib import Path
 import pytest
 
 from hazematching.data import download
-from hazematching.data.download import (ChecksumError, DownloadError, fetch, resolve_cache_dir,
-                                        sha256_file)
+from hazematching.data.download import (
+    ChecksumError,
+    DownloadError,
+    fetch,
+    resolve_cache_dir,
+    sha256_file,
+)
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
+from helpers import make_pairs, write_paper_layout
 
 from hazematching.data.pairs import detect_layout, load_pairs, resolve_split_dirs
 from hazematching.io import ImageError, write_tiff
-from helpers import make_pairs, write_paper_layout
 
 
 def test_paper_layout(tmp_path):

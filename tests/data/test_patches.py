@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
+from helpers import make_pairs
 
 from hazematching.data.normalization import Normalizer
 from hazematching.data.patches import FixedPatches, RandomPatches
 from hazematching.io import ImageError
-from helpers import make_pairs
 
 
 def _norm(p):

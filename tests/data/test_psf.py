@@ -5,8 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hazematching.data.psf import (OpticsConfig, confocal_psf, defocus_blur_radius_um,
-                                   image_focal_planes, widefield_psf)
+from hazematching.data.psf import (
+    OpticsConfig,
+    confocal_psf,
+    defocus_blur_radius_um,
+    image_focal_planes,
+    widefield_psf,
+)
 
 SHAPE = (9, 48, 48)
 VOXEL = (0.3, 0.1, 0.1)

@@ -9,8 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import (StaticServer, checkpoint_bytes, neuron_preset, sha256_of, torchcfm_unet,
-                     use_preset)
+from helpers import (
+    StaticServer,
+    checkpoint_bytes,
+    neuron_preset,
+    sha256_of,
+    torchcfm_unet,
+    use_preset,
+)
 from torchcfm.models.unet.unet import UNetModel
 
 from hazematching.api import load_model
@@ -64,7 +70,8 @@ def test_imported_model_matches_torchcfm_and_predicts(
     assert published["url"] == static_server.url + "/ckpt/tiny/best_model.pth"
     assert published["sha256"] == preset.checkpoint_sha256
 
-    model.reconfigure({"sampling.n_time_points": 2, "sampling.n_samples": 2})  # one Euler step: CPU time is scarce
+    # one Euler step: CPU time is scarce
+    model.reconfigure({"sampling.n_time_points": 2, "sampling.n_samples": 2})
     image = np.random.default_rng(0).uniform(1000, 1600, (60, 50)).astype(np.uint16)
     pred = model.predict(image, device="cpu")
     assert pred.mmse.shape == (60, 50) and np.isfinite(pred.mmse).all()

@@ -8,8 +8,13 @@ import sys
 import numpy as np
 import pytest
 
-from hazematching.data.simulate import (MicrosimConfig, StackConfig, simulate_from_stack,
-                                        simulate_microsim, stack_focal_planes)
+from hazematching.data.simulate import (
+    MicrosimConfig,
+    StackConfig,
+    simulate_from_stack,
+    simulate_microsim,
+    stack_focal_planes,
+)
 from hazematching.data.synthetic import SyntheticConfig, render_volume
 
 TINY_MICROSIM = dict(size=32, depth=16, upsample=2)  # 16×64×64 ground truth → 32×32 images

@@ -7,8 +7,14 @@ import pydantic
 import pytest
 
 from hazematching.data import synthetic
-from hazematching.data.synthetic import (CameraConfig, SyntheticConfig, apply_camera,
-                                         simulate_pairs, split_counts, write_pairs)
+from hazematching.data.synthetic import (
+    CameraConfig,
+    SyntheticConfig,
+    apply_camera,
+    simulate_pairs,
+    split_counts,
+    write_pairs,
+)
 from hazematching.io import list_images, read_image
 
 SMALL = dict(size=48, depth=12)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from helpers import make_pairs
 from torch.utils.data import default_collate
 
 from hazematching.api import Model, load_model
@@ -18,7 +19,6 @@ from hazematching.config import ModelConfig
 from hazematching.data.pairs import PairedImages
 from hazematching.data.patches import FixedPatches
 from hazematching.methods.base import Method
-from helpers import make_pairs
 
 #: 32-px patches, an 8-channel two-level U-Net, 5 epochs of 4 steps, no EMA (so that the
 #: trained weights are the optimiser's), CPU fp32.

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from helpers import make_pairs
 
 from hazematching.api import Model, load_model
 from hazematching.methods import build_method, gan
 from hazematching.methods.gan import relativistic_average_loss
-from helpers import make_pairs
 
 TINY_GAN = {"n_feats": 8, "n_blocks": 1, "growth": 4, "disc_feats": 8, "disc_layers": 2}
 

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import make_pairs
 
 from hazematching.api import Model, load_model
 from hazematching.methods import build_method
 from hazematching.methods.richardson_lucy import richardson_lucy
-from helpers import make_pairs
 
 
 def _correlation(a: torch.Tensor, b: torch.Tensor) -> float:

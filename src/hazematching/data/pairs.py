@@ -89,7 +89,8 @@ def _paper_axes(array: np.ndarray, axes: str | None, path: Path) -> str:
                      f"input) or ZCYX, got shape {array.shape}")
 
 
-def load_pairs(folder: str | Path, layout: Layout = "auto", axes: str | None = None) -> PairedImages:
+def load_pairs(folder: str | Path, layout: Layout = "auto",
+               axes: str | None = None) -> PairedImages:
     """Read every pair in `folder`.
 
     Args:
@@ -143,5 +144,6 @@ def load_pairs(folder: str | Path, layout: Layout = "auto", axes: str | None = N
             inputs.append(xp.astype(np.float32))
     n_ch = {i.shape[1] for i in inputs}
     if len(n_ch) > 1:
-        raise ImageError(f"{folder}: images have different numbers of input channels {sorted(n_ch)}")
+        raise ImageError(f"{folder}: images have different numbers of input channels "
+                         f"{sorted(n_ch)}")
     return PairedImages(names, targets, inputs)

@@ -26,9 +26,16 @@ from pydantic import Field, model_validator
 from scipy import fft
 
 from hazematching.data.psf import OpticsConfig, defocus_blur_radius_um, image_focal_planes
-from hazematching.data.synthetic import (CameraConfig, Structure, SyntheticConfig, apply_camera,
-                                         expected_camera_signal, progress_bar, render_volume,
-                                         with_overrides)
+from hazematching.data.synthetic import (
+    CameraConfig,
+    Structure,
+    SyntheticConfig,
+    apply_camera,
+    expected_camera_signal,
+    progress_bar,
+    render_volume,
+    with_overrides,
+)
 
 INSTALL_HINT = "pip install 'hazematching[simulate]'"
 

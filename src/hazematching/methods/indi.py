@@ -23,8 +23,7 @@ from torch import Tensor
 
 from hazematching.config import ModelConfig
 from hazematching.methods import register
-from hazematching.methods.base import Method, randn
-from hazematching.methods.base import pixel_loss
+from hazematching.methods.base import Method, pixel_loss, randn
 from hazematching.methods.regression import RegressionOptions
 from hazematching.nets import UNet
 from hazematching.sampling import euler, time_grid

@@ -3,7 +3,7 @@
 Each network lives in its own module and is re-exported here with one line.
 """
 
-from hazematching.nets.unet import UNet as UNet
+from hazematching.nets.discriminator import PatchDiscriminator as PatchDiscriminator
 from hazematching.nets.rcan import RCAN as RCAN
 from hazematching.nets.rrdb import RRDBNet as RRDBNet
-from hazematching.nets.discriminator import PatchDiscriminator as PatchDiscriminator
+from hazematching.nets.unet import UNet as UNet
