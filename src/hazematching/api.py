@@ -54,14 +54,20 @@ class CalibrationReport:
 
 
 class Model:
-    """A restoration model: method + normalisation + calibration, trained or loaded."""
+    """A restoration model: method + normalisation + calibration, trained or loaded.
 
-    def __init__(self, config: ModelConfig | None = None):
+    ``Model(config)`` is untrained; :func:`load_model` passes the stored method (with its
+    weights), normalisation, calibration and directory.
+    """
+
+    def __init__(self, config: ModelConfig | None = None, *, method: Method | None = None,
+                 normalizer: Normalizer | None = None,
+                 calibration: cal.Calibration | None = None, path: Path | None = None):
         self.config = config or ModelConfig()
-        self.method: Method = build_method(self.config)
-        self.normalizer: Normalizer | None = None
-        self.calibration: cal.Calibration | None = None
-        self.path: Path | None = None
+        self.method: Method = method if method is not None else build_method(self.config)
+        self.normalizer = normalizer
+        self.calibration = calibration
+        self.path = path
         #: After :meth:`fit`: steps, epochs, best validation loss, this process's rank.
         self.training_summary: dict = {}
 
@@ -310,12 +316,8 @@ class HazeMatching(Model):
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> Model:
     """Load a model directory or ``.zip`` archive written by :meth:`Model.save`/``fit``."""
     loaded = load_model_files(path, device)
-    model = Model.__new__(Model)
-    model.config, model.method = loaded.config, loaded.method
-    model.normalizer, model.calibration = loaded.normalizer, loaded.calibration
-    model.path = Path(path) if Path(path).is_dir() else None
-    model.training_summary = {}
-    return model
+    return Model(loaded.config, method=loaded.method, normalizer=loaded.normalizer,
+                 calibration=loaded.calibration, path=Path(path) if Path(path).is_dir() else None)
 
 
 def _best_score(trainer) -> float | None:

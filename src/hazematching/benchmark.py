@@ -20,11 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hazematching.api import Model, load_model
-from hazematching.config import ModelConfig
+from hazematching.config import ConfigError, ModelConfig, read_yaml
 from hazematching.data.pairs import resolve_split_dirs
 from hazematching.io import list_images, read_image, write_tiff
 
@@ -87,16 +86,9 @@ class BenchmarkConfig(_Strict):
         """Read a benchmark YAML; relative paths are taken relative to the file."""
         path = Path(path)
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError:
-            raise FileNotFoundError(f"benchmark config {path} does not exist") from None
-        except yaml.YAMLError as err:
-            raise ValueError(f"{path}: not valid YAML: {err}") from None
-        try:
-            cfg = cls.model_validate(raw)
+            cfg = cls.model_validate(read_yaml(path, "benchmark config"))
         except ValidationError as err:
-            bad = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-            raise ValueError(f"{path}: invalid benchmark config: {bad}") from None
+            raise ConfigError(str(path), err) from None
         base = path.parent
         fix = lambda p: p if p is None or p.is_absolute() else base / p  # noqa: E731
         cfg.dataset, cfg.out = fix(cfg.dataset), fix(cfg.out)

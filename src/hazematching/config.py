@@ -15,6 +15,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 AXES_ALLOWED = ("YX", "ZYX", "TYX", "SYX", "CYX", "ZCYX", "TCYX", "SCYX")
 
 
+def read_yaml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """Read a YAML mapping; errors name the file and say what is wrong with it."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path} does not exist") from None
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of fields, got {type(raw).__name__}")
+    return raw
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -203,14 +219,7 @@ class ModelConfig(_Strict):
     @classmethod
     def from_yaml(cls, path: str | Path) -> ModelConfig:
         """Read and validate a YAML file; errors name the file and the offending field."""
-        path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError:
-            raise FileNotFoundError(f"config file {path} does not exist") from None
-        except yaml.YAMLError as err:
-            raise ValueError(f"{path}: not valid YAML: {err}") from None
-        return cls.from_dict(raw, source=str(path))
+        return cls.from_dict(read_yaml(path), source=str(path))
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config") -> ModelConfig:

@@ -112,16 +112,15 @@ def predict_planes(method: Method, planes: np.ndarray, sampling: SamplingConfig,
     gen = torch.Generator(device=dev)
     gen.manual_seed(sampling.seed if sampling.seed is not None else torch.seed())
     open_tiles: dict[int, _Accumulator] = {}
-    win_t = window
 
     def finish(ti: int) -> None:
         acc = open_tiles.pop(ti)
         n, y, x = tiles[ti]
         m = acc.s1 / acc.n
-        mean[n, y:y + T, x:x + T] += win_t * m.float().cpu().numpy()
+        mean[n, y:y + T, x:x + T] += window * m.float().cpu().numpy()
         if var is not None:
             v = ((acc.s2 - acc.n * m * m) / (acc.n - 1)).clamp_min(0)
-            var[n, y:y + T, x:x + T] += win_t * v.float().cpu().numpy()
+            var[n, y:y + T, x:x + T] += window * v.float().cpu().numpy()
 
     bar = _progress(progress, len(item_tile), "sampling" if method.stochastic else "predicting")
     with bar as (prog, task):
@@ -148,7 +147,7 @@ def predict_planes(method: Method, planes: np.ndarray, sampling: SamplingConfig,
                     if n != current_plane:
                         _flush_samples(samples_out, sample_acc, wsum, current_plane, H, W)
                         current_plane = n
-                    sample_acc[item_sample[sl][k], y:y + T, x:x + T] += win_t * outs[k]
+                    sample_acc[item_sample[sl][k], y:y + T, x:x + T] += window * outs[k]
             for ti in [t for t, a in open_tiles.items() if a.n == S]:
                 finish(ti)
             prog.advance(task, len(ti_b))

@@ -20,10 +20,10 @@ from typing import Annotated, Any
 
 import numpy as np
 import typer
-import yaml
 from pydantic import BaseModel
 
 from hazematching.cli.common import USER_ERRORS, fail
+from hazematching.config import read_yaml
 from hazematching.data.simulate import (
     MicrosimConfig,
     StackConfig,
@@ -95,10 +95,7 @@ def _config(model: type[BaseModel], config_file: Path | None, **options: Any) ->
     """Defaults < YAML file < command-line options that were given (not None)."""
     fields: dict[str, Any] = {}
     if config_file is not None:
-        loaded = yaml.safe_load(config_file.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise CliError(f"{config_file}: expected a mapping of {model.__name__} fields, got "
-                           f"{type(loaded).__name__}")
+        loaded = read_yaml(config_file, f"{model.__name__} file")
         # A simulation.yaml from an earlier run can be reused directly.
         fields.update(loaded.get("config", loaded))
     fields.update({k: v for k, v in options.items() if v is not None})
