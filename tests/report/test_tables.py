@@ -55,5 +55,13 @@ def test_write_tables(results, tmp_path):
     assert names == sorted(f"toy{s}{e}" for s in ("", "_uncertainty")
                            for e in (".md", ".csv", ".tex"))
     md = (tmp_path / "toy.md").read_text()
-    assert "good: lpips — missing pretrained weight file(s) in /x: a.pth" in md
+    assert "lpips — missing pretrained weight file(s) in /x: a.pth (good, blurry)" in md
     assert "ENCE" in (tmp_path / "toy_uncertainty.md").read_text()
+
+
+def test_unavailable_notes_group_methods_with_one_reason():
+    results = [{"dataset": "d", "method": m, "unavailable": {"fid": "no weights\n  x.pth"}}
+               for m in ("a", "b")]
+    results.append({"dataset": "d", "method": "c", "unavailable": {"fid": "other"}})
+    assert tb.unavailable_notes(results) == {"d": ["fid — no weights x.pth (a, b)",
+                                                   "fid — other (c)"]}

@@ -59,14 +59,17 @@ def perception_distortion_figure(rows: Mapping[str, Mapping[str, float | None]],
     if axis is None or not all(r.get("psnr") is not None for r in rows.values()):
         return None
     key, xlabel = axis
-    fig = Figure(figsize=(5.5, 4.2))
+    fig = Figure(figsize=(8.0, 4.6))
     ax = fig.add_subplot()
+    markers = "osD^vP*Xhp<>"
     for k, (label, r) in enumerate(rows.items()):
         x = abs(math.log10(r[key])) if key == "power_ratio" and r[key] > 0 else r[key]
-        ax.scatter([x], [r["psnr"]], s=40)
-        # Alternate label positions above/below so variants with similar values stay legible.
-        ax.annotate(label, (x, r["psnr"]), textcoords="offset points",
-                    xytext=(5, 5 if k % 2 == 0 else -12), fontsize=8)
+        # Numbered points plus a legend: methods often cluster too closely for inline labels.
+        ax.scatter([x], [r["psnr"]], s=45, marker=markers[k % len(markers)],
+                   label=f"{k + 1}. {label}")
+        ax.annotate(str(k + 1), (x, r["psnr"]), textcoords="offset points", xytext=(4, 4),
+                    fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("PSNR (dB) ↑")
     ax.set_title(title or "Perception–distortion")

@@ -107,14 +107,19 @@ def uncertainty_data(results: Sequence[Mapping[str, Any]]) -> dict[str, Rows]:
 
 
 def unavailable_notes(results: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
-    """``{dataset: ["method: metric — reason", ...]}`` for every metric that could not run."""
-    out: dict[str, list[str]] = {}
+    """``{dataset: ["metric — reason (methods)", ...]}`` for every metric that could not run.
+
+    Methods that miss a metric for the same reason share one line.
+    """
+    grouped: dict[str, dict[tuple[str, str], list[str]]] = {}
     for res in results:
         for metric, reason in res.get("unavailable", {}).items():
             one_line = " ".join(part.strip() for part in str(reason).splitlines())
-            out.setdefault(str(res["dataset"]), []).append(
-                f"{res['method']}: {metric} — {one_line}")
-    return out
+            grouped.setdefault(str(res["dataset"]), {}).setdefault(
+                (metric, one_line), []).append(str(res["method"]))
+    return {ds: [f"{metric} — {reason} ({', '.join(methods)})"
+                 for (metric, reason), methods in by_reason.items()]
+            for ds, by_reason in grouped.items()}
 
 
 def columns(rows: Rows, info: Mapping[str, MetricInfo]) -> list[str]:
