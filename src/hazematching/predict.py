@@ -110,7 +110,10 @@ def predict_planes(method: Method, planes: np.ndarray, sampling: SamplingConfig,
     item_tile = np.repeat(np.arange(len(tiles)), S)
     item_sample = np.tile(np.arange(S), len(tiles))
     gen = torch.Generator(device=dev)
-    gen.manual_seed(sampling.seed if sampling.seed is not None else torch.seed())
+    if sampling.seed is None:
+        gen.seed()  # non-deterministic, and leaves the global RNG alone
+    else:
+        gen.manual_seed(sampling.seed)
     open_tiles: dict[int, _Accumulator] = {}
 
     def finish(ti: int) -> None:

@@ -28,7 +28,10 @@ def test_perception_distortion_png(results_files, tmp_path):
     fig = plots.perception_distortion_figure(rows, title="toy")
     ax = fig.axes[0]
     assert ax.get_ylabel().startswith("PSNR")
-    assert sorted(t.get_text() for t in ax.texts) == sorted(rows)
+    # every row is a numbered point, named in the legend
+    assert [t.get_text() for t in ax.texts] == [str(k + 1) for k in range(len(rows))]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        f"{k + 1}. {label}" for k, label in enumerate(rows)]
     path = plots.save_png(fig, tmp_path / "pd.png")
     assert path.read_bytes()[:8] == PNG_MAGIC
 
