@@ -101,3 +101,11 @@ def test_peak_memory_does_not_grow_with_samples():
     image_bytes = x.nbytes
     assert peaks[1] < 1.05 * peaks[0]
     assert peaks[1] < 8 * image_bytes  # input copy, mean, var, weights and a few tiles
+
+
+def test_unseeded_sampling_differs_between_calls():
+    m = _method("test-noisy", seed=None)
+    x = np.zeros((1, 1, 32, 32), np.float32)
+    a = predict_planes(m, x, m.config.sampling, n_samples=2).mean
+    b = predict_planes(m, x, m.config.sampling, n_samples=2).mean
+    assert not np.array_equal(a, b)
