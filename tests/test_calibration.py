@@ -40,7 +40,7 @@ def test_overconfident_std_is_rescaled():
 def test_bins_hand_computed():
     std = np.array([1.0, 1.0, 3.0, 3.0])
     err = np.array([2.0, 0.0, 3.0, -3.0])
-    c = calibration_curve(std, err, n_bins=2)
+    c = calibration_curve(std, err, n_bins=2, min_count=1)
     np.testing.assert_allclose(c.rmv, [1.0, 3.0])
     np.testing.assert_allclose(c.rmse, [np.sqrt(2.0), 3.0])
     np.testing.assert_array_equal(c.counts, [2, 2])
@@ -50,7 +50,7 @@ def test_bins_hand_computed():
 def test_negative_slope_falls_back_to_scale():
     std = np.repeat([1.0, 2.0, 3.0], 100)
     err = np.repeat([3.0, 2.0, 1.0], 100)
-    a, b = fit_calibration(calibration_curve(std, err, 3))
+    a, b = fit_calibration(calibration_curve(std, err, 3, min_count=1))
     assert a > 0 and b == 0.0
 
 
@@ -68,3 +68,15 @@ def test_apply_clips_and_plot(tmp_path):
     std, err = _draw(1.5, n=10_000)
     p = plot_calibration({"raw": calibration_curve(std, err)}, tmp_path / "cal.png")
     assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sparse_bins_are_left_out():
+    rng = np.random.default_rng(1)
+    std = np.concatenate([rng.uniform(1.0, 1.1, 5000), [10.0, 10.0]])  # two outlier pixels
+    err = np.concatenate([rng.normal(0, std[:5000]), [0.01, 0.01]])
+    full = calibration_curve(std, err, 10, min_count=1)
+    kept = calibration_curve(std, err, 10)
+    assert full.counts[-1] == 2 and ence(full) > 0.4  # one 2-pixel bin with RMSE ≈ 0
+    assert kept.dropped == 2 and kept.counts.min() >= 30 and ence(kept) < 0.05
+    only_sparse = calibration_curve(np.arange(5.0), np.ones(5), 5)
+    assert only_sparse.counts.tolist() == [1, 1, 1, 1, 1]  # nothing reaches 30: keep the fullest

@@ -3,8 +3,13 @@
 Pixels are binned by their predicted standard deviation (equal-width bins). For bin k,
 RMV_k = sqrt(mean(σ²)) and RMSE_k = sqrt(mean((μ − x)²)). A well-calibrated model has
 RMSE_k ≈ RMV_k; the fit RMSE ≈ a·RMV + b, made on validation data, rescales every later std:
-σ_cal = a·σ + b. ENCE = mean_k |RMV_k − RMSE_k| / RMV_k over non-empty bins
+σ_cal = a·σ + b. ENCE = mean_k |RMV_k − RMSE_k| / RMV_k over the kept bins
 (Levi et al., "Evaluating and Calibrating Uncertainty Prediction in Regression Tasks", 2022).
+
+Bins holding fewer than `min_count` pixels are left out (as netcal's ``sample_threshold``): the
+RMSE of n pixels has a relative standard error of about 1/√(2n), so a bin of one pixel says
+nothing about calibration, yet would weigh as much in ENCE as a bin of thousands. The default
+of 30 pixels keeps that error near 13 %.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ class CalibrationCurve:
     rmse: np.ndarray
     counts: np.ndarray
     bin_edges: np.ndarray  # (n_bins + 1,) edges over the std range, empty bins included
+    dropped: int = 0  # pixels in bins left out for holding fewer than min_count pixels
 
 
 @dataclass(frozen=True)
@@ -40,13 +46,19 @@ class Calibration:
         return asdict(self)
 
 
-def calibration_curve(std: np.ndarray, error: np.ndarray, n_bins: int = 50) -> CalibrationCurve:
+MIN_COUNT = 30
+
+
+def calibration_curve(std: np.ndarray, error: np.ndarray, n_bins: int = 50,
+                      min_count: int = MIN_COUNT) -> CalibrationCurve:
     """Bin pixels by predicted std and compute RMV and RMSE per bin.
 
     Args:
         std: predicted per-pixel standard deviations, any shape (intensity units).
         error: prediction − target, same shape as `std`.
         n_bins: number of equal-width bins between min and max std.
+        min_count: bins with fewer pixels are left out (see the module docstring); if no bin
+            has that many, the fullest bin is kept.
     """
     std = np.asarray(std, dtype=np.float64).ravel()
     error = np.asarray(error, dtype=np.float64).ravel()
@@ -65,12 +77,13 @@ def calibration_curve(std: np.ndarray, error: np.ndarray, n_bins: int = 50) -> C
     counts = np.bincount(idx, minlength=n_bins)
     var_sum = np.bincount(idx, weights=std**2, minlength=n_bins)
     sq_sum = np.bincount(idx, weights=error**2, minlength=n_bins)
-    keep = counts > 0
+    keep = counts >= max(1, min(min_count, int(counts.max())))
     return CalibrationCurve(
         rmv=np.sqrt(var_sum[keep] / counts[keep]),
         rmse=np.sqrt(sq_sum[keep] / counts[keep]),
         counts=counts[keep],
         bin_edges=edges,
+        dropped=int(counts[~keep].sum()),
     )
 
 
