@@ -286,7 +286,7 @@ class Model:
             errs.append((res.mean - norm.normalize_target(t)).ravel())
         std, err = np.concatenate(stds), np.concatenate(errs)
         before = cal.calibration_curve(std, err, n_bins)
-        fitted = cal.fit(std, err, n_bins)
+        fitted = cal.Calibration(*cal.fit_calibration(before))
         after = cal.calibration_curve(fitted.apply(std), err, n_bins)
         self.calibration = fitted
         if plot is not None:
