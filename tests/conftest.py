@@ -13,7 +13,9 @@ from hazematching.config import ModelConfig
 from hazematching.methods import register
 from hazematching.methods.base import Method, randn
 
-torch.set_num_threads(2)
+# One thread: the tests use tiny networks, where threads buy little, and several test
+# processes on one small machine would oversubscribe its cores (OpenMP spin-waits).
+torch.set_num_threads(1)
 
 
 @register

@@ -6,7 +6,8 @@ import tifffile
 from helpers import make_pairs
 
 from hazematching import HazeMatching, Model, ModelConfig, load_model
-from hazematching.io import write_tiff
+from hazematching.api import check_device
+from hazematching.io import ImageError, write_tiff
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def test_predict_file_writes_outputs_next_to_each_other(model, tmp_path):
     src = write_tiff(tmp_path / "stack.tif", img, "ZYX")
     out = model.predict_file(src, tmp_path / "pred", n_samples=3, save_samples=True)
     assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == [
-        "stack_mmse.tif", "stack_samples.tif", "stack_std.tif"]
+        ".hazematching.lock", "stack_mmse.tif", "stack_samples.tif", "stack_std.tif"]
     mmse = tifffile.imread(out["mmse"])
     samples = tifffile.imread(out["samples"])
     assert mmse.shape == (2, 40, 40) and samples.shape == (3, 2, 40, 40)
@@ -96,3 +97,69 @@ def test_reconfigure_keeps_weights_and_refuses_network_changes(model):
     with pytest.raises(ValueError, match="alter the network"):
         m.reconfigure({"network.model_channels": 16})
     assert m.config.network.model_channels == 8
+
+
+def test_arrays_and_files_take_the_same_prediction_path(model, tmp_path):
+    img = np.random.default_rng(2).uniform(300, 700, (2, 40, 36)).astype(np.uint16)
+    src = write_tiff(tmp_path / "s.tif", img, "ZYX")
+    from_array = model.predict(img, "ZYX", n_samples=3, return_samples=True)
+    written = model.predict_file(src, tmp_path / "o", n_samples=3, save_samples=True)
+    np.testing.assert_array_equal(tifffile.imread(written["mmse"]), from_array.mmse)
+    np.testing.assert_array_equal(tifffile.imread(written["std"]), from_array.std)
+    np.testing.assert_array_equal(tifffile.imread(written["samples"]), from_array.samples)
+
+
+def test_one_sample_has_no_std(model, tmp_path):
+    img = np.full((32, 32), 500, np.uint16)
+    assert model.predict(img, n_samples=1).std is None
+    src = write_tiff(tmp_path / "one.tif", img, "YX")
+    assert list(model.output_paths(src, tmp_path, n_samples=1)) == ["mmse"]
+    written = model.predict_file(src, tmp_path / "o", n_samples=1, save_samples=True)
+    assert sorted(written) == ["mmse", "samples"]
+    assert tifffile.imread(written["samples"]).shape == (32, 32)  # one sample (squeezed)
+    with pytest.raises(ValueError, match="at least 2 posterior samples per pixel, got "
+                                         "n_samples=1"):
+        model.calibrate(make_pairs(2), n_samples=1, save=False)
+    with pytest.raises(ValueError, match="must be at least 1, got 0"):
+        model.predict(img, n_samples=0)
+
+
+def test_predict_files_resumes_and_checks_inputs_first(model, tmp_path):
+    inputs = [write_tiff(tmp_path / "in" / f"{n}.tif", np.full((32, 32), 400, np.uint16), "YX")
+              for n in ("a", "b")]
+    out = tmp_path / "out"
+    first = list(model.predict_files(inputs[:1], out, n_samples=2))
+    assert [r.skipped for r in first] == [False]
+    again = list(model.predict_files(inputs, out, n_samples=2))
+    assert [(r.source.name, r.skipped) for r in again] == [("a.tif", True), ("b.tif", False)]
+    (out / "b_std.tif").unlink()
+    (out / ".b_std.tif.0000abcd.partial").write_bytes(b"half")  # a killed run's left-over
+    with pytest.raises(FileExistsError, match=r"b_mmse.tif exists but b_std.tif does not"):
+        list(model.predict_files(inputs, out, n_samples=2))
+    (out / "b_mmse.tif").unlink()
+    list(model.predict_files(inputs, out, n_samples=2))
+    assert (out / "b_std.tif").exists() and not list(out.glob(".*.partial"))
+    twin = write_tiff(tmp_path / "other" / "a.tif", np.zeros((32, 32), np.uint16), "YX")
+    with pytest.raises(ValueError, match=r"would both be written as .*a_mmse.tif"):
+        list(model.predict_files([inputs[0], twin], out))
+    with pytest.raises(ImageError, match="missing.tif: no such file"):
+        list(model.predict_files([*inputs, tmp_path / "missing.tif"], tmp_path / "new"))
+    assert not (tmp_path / "new").exists()  # refused before anything was written
+
+
+def test_multichannel_files_need_the_right_channels(model, tmp_path):
+    rgb = tmp_path / "rgb.tif"
+    tifffile.imwrite(rgb, np.full((32, 32, 3), 120, np.uint8), photometric="rgb")
+    with pytest.raises(ImageError, match=r"rgb.tif: has 3 channel\(s\) \(axes CYX"):
+        model.predict_file(rgb, tmp_path / "o", n_samples=2)
+    written = model.predict_file(rgb, tmp_path / "o", n_samples=2, channels=[0])
+    assert tifffile.imread(written["mmse"]).shape == (32, 32)
+
+
+@pytest.mark.parametrize("device,message", [
+    ("foo", "'foo' is not a device name"), ("cuda:99", "cuda:99"), ("meta", "unsupported")])
+def test_devices_are_checked_before_any_work(model, device, message):
+    with pytest.raises(ValueError, match=message):
+        check_device(device)
+    with pytest.raises(ValueError, match=message):
+        model.predict(np.zeros((32, 32)), device=device)

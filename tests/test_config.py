@@ -1,14 +1,26 @@
 import pytest
 
-from hazematching.config import ConfigError, ModelConfig
+from hazematching.config import SAMPLING_PRESETS, ConfigError, ModelConfig, preset_overrides
 
 
-def test_default_is_paper_and_yaml_roundtrip(tmp_path):
+def test_default_is_paper_training_with_fast_sampling_and_yaml_roundtrip(tmp_path):
     c = ModelConfig()
-    assert c.network.channel_mult == (1, 1, 2, 3, 4) and c.sampling.n_time_points == 20
+    assert c.network.channel_mult == (1, 1, 2, 3, 4)
     assert c.training.lr == 1e-4 and c.training.batch_size == 16
+    fast = SAMPLING_PRESETS["default"]
+    assert {k: getattr(c.sampling, k) for k in fast} == fast
     c.to_yaml(tmp_path / "c.yaml")
     assert ModelConfig.from_yaml(tmp_path / "c.yaml") == c
+
+
+def test_paper_preset_is_the_published_sampler():
+    c = ModelConfig().with_overrides(preset_overrides("paper"))
+    s = c.sampling
+    assert (s.solver, s.n_time_points, s.schedule, s.n_samples, s.mmse) == (
+        "euler", 20, "uniform", 50, "samples")
+    assert (s.tile_size, s.tile_overlap) == (128, 64)
+    with pytest.raises(ValueError, match="unknown sampling preset 'slow'; expected one of default"):
+        preset_overrides("slow")
 
 
 @pytest.mark.parametrize("raw,field", [

@@ -74,3 +74,92 @@ def test_weights_from_another_network(trained, tmp_path):
     (d / "config.yaml").write_text(text)
     with pytest.raises(ModelFileError, match="do not fit"):
         load_model(d)
+
+
+def _edit_meta(d, edit):
+    meta = json.loads((d / "model.json").read_text())
+    (d / "model.json").write_text(json.dumps(edit(meta)))
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda m: {k: v for k, v in m.items() if k != "normalization"},
+     r"model.json: invalid field normalization: Field required"),
+    (lambda m: {**m, "calibration": {"alpha": 1}},
+     (r"model.json: invalid field calibration.a: Field required; calibration.b: Field required; "
+      r"calibration.alpha: Extra inputs are not permitted")),
+    (lambda m: [m], r"model.json: corrupt \(expected a JSON object, found list\)"),
+    (lambda m: {**m, "normalization": {**m["normalization"], "target": {"offset": 0,
+                                                                         "scale": -1}}},
+     r"normalization.target.scale: Input should be greater than 0"),
+    (lambda m: {**m, "method": "rcan"}, r"method 'rcan' does not match config.yaml's"),
+    (lambda m: {**m, "normalization": {**m["normalization"], "inputs": [
+        m["normalization"]["inputs"][0]] * 2}}, r"normalization.inputs has 2 channel\(s\)"),
+])
+def test_every_model_json_field_is_validated(trained, tmp_path, edit, message):
+    d = _copy(trained[1], tmp_path)
+    _edit_meta(d, edit)
+    with pytest.raises(ModelFileError, match=message):
+        load_model(d)
+
+
+def test_corrupt_config_and_non_finite_weights(trained, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    d = _copy(trained[1], tmp_path)
+    w = d / "weights.safetensors"
+    good = w.read_bytes()
+    state = load_file(str(w))
+    key = next(iter(state))
+    state[key][0] = float("nan")
+    save_file(state, str(w))
+    with pytest.raises(ModelFileError, match=f"weights.safetensors: NaN/Inf in 1 weight "
+                                             f"tensor\\(s\\) \\(\\['{key}'\\]\\)"):
+        load_model(d)
+    w.write_bytes(good)
+    (d / "config.yaml").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ModelFileError, match="config.yaml: unreadable"):
+        load_model(d)
+    (d / "config.yaml").write_text("network:\n  num_res_blocks: 1000000000\n")
+    with pytest.raises(ModelFileError, match="far more parameters than the"):
+        load_model(d)  # stopped while building on the meta device: no memory, no wait
+
+
+def test_corrupt_archives(trained, tmp_path):
+    import zipfile
+
+    archive = export_archive(trained[1], tmp_path / "m.zip")
+    data = archive.read_bytes()
+    archive.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError, match="m.zip: not a model directory"):
+        load_model(archive)  # no longer a zip at all
+    with zipfile.ZipFile(tmp_path / "partial.zip", "w") as zf:
+        zf.writestr("model.json", "{}")
+    with pytest.raises(ModelFileError, match="partial.zip: not a hazematching model archive "
+                                             r"\(missing config.yaml, weights.safetensors\)"):
+        load_model(tmp_path / "partial.zip")
+    with zipfile.ZipFile(tmp_path / "bomb.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        for name in ("model.json", "config.yaml"):
+            zf.writestr(name, "{}")
+        zf.writestr("weights.safetensors", b"\0" * 50 * 2**20)
+    with pytest.raises(ModelFileError, match="bomb.zip: declares 50 MiB of files"):
+        load_model(tmp_path / "bomb.zip")
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0xFF  # inside the stored weights: the CRC check catches it
+    (tmp_path / "crc.zip").write_bytes(bytes(flipped))
+    with pytest.raises(ModelFileError, match="crc.zip: corrupt model archive"):
+        load_model(tmp_path / "crc.zip")
+
+
+def test_resaving_rewrites_only_what_changed_and_keeps_the_record(trained, tmp_path):
+    from hazematching.calibration import Calibration
+
+    d = _copy(trained[1], tmp_path)
+    weights = d / "weights.safetensors"
+    before = weights.stat().st_ino
+    m = load_model(d)
+    m.calibration = Calibration(2.0, 0.1)
+    m.save(d)
+    assert weights.stat().st_ino == before  # same weights: the file was not replaced
+    meta = json.loads((d / "model.json").read_text())
+    assert meta["calibration"] == {"a": 2.0, "b": 0.1}
+    assert meta["steps"] == trained[0].training_summary["steps"] and "val_loss" in meta

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from hazematching.config import ModelConfig
-from hazematching.methods import build_method
+from hazematching.methods import build_method, register
+from hazematching.methods.base import Method
+from hazematching.noise_field import NoiseField
 from hazematching.predict import predict_planes
 
 
@@ -13,7 +15,7 @@ def _method(name: str, **sampling):
                                  "network": {"channel_mult": [1, 2, 2], "model_channels": 8,
                                              "attention_downsample": [4]},
                                  "sampling": {"tile_size": 32, "tile_overlap": 8, "batch_size": 7,
-                                              **sampling}})
+                                              "std_smoothing": 0.0, **sampling}})
     return build_method(cfg)
 
 
@@ -109,3 +111,80 @@ def test_unseeded_sampling_differs_between_calls():
     a = predict_planes(m, x, m.config.sampling, n_samples=2).mean
     b = predict_planes(m, x, m.config.sampling, n_samples=2).mean
     assert not np.array_equal(a, b)
+
+
+@register
+class NoiseEchoMethod(Method):
+    """sample = cond + noise, one-call mean estimate = cond: the predictor's noise made visible."""
+
+    name = "test-noise-echo"
+    stochastic = True
+    trainable = False
+    takes_noise = True
+
+    def posterior_batch(self, cond, noise, sampling=None):
+        return cond[:, :1] + noise, cond[:, :1].clone()
+
+
+@pytest.mark.parametrize("tile,overlap", [(32, 8), (48, 16), (128, 0)])
+def test_stitched_samples_are_one_coherent_field(tile, overlap):
+    # Every tile of a sample is cut from one noise field over the plane, so the stitched sample
+    # is that field exactly (no seam, no blending of independent draws), whatever the tiling.
+    m = _method("test-noise-echo", tile_size=tile, tile_overlap=overlap, seed=5,
+                antithetic=False, std_smoothing=0.0, mmse="t0", std="t0")
+    x = np.random.default_rng(6).normal(size=(2, 1, 75, 41)).astype(np.float32)
+    samples = np.zeros((2, 3, 75, 41), np.float32)
+    res = predict_planes(m, x, m.config.sampling, n_samples=3, samples_out=samples)
+    field = NoiseField(5)
+    for n in range(2):
+        for s in range(3):
+            np.testing.assert_allclose(samples[n, s] - x[n, 0], field.tile(n, s, 0, 0, 75, 41),
+                                       atol=1e-5)
+    # mmse = std = "t0": the mean of the one-call estimates (here exactly the condition), the
+    # std taken about it with S degrees of freedom
+    np.testing.assert_allclose(res.mean, x[:, 0], atol=1e-5)
+    np.testing.assert_allclose(res.std, np.sqrt(((samples - x) ** 2).mean(1)), atol=1e-5)
+    # mmse = std = "samples": the samples' own mean and unbiased std, as in the paper
+    paper = m.config.sampling.model_copy(update={"mmse": "samples", "std": "samples"})
+    res = predict_planes(m, x, paper, n_samples=3)
+    np.testing.assert_allclose(res.mean, samples.mean(1), atol=1e-5)
+    np.testing.assert_allclose(res.std, samples.std(1, ddof=1), atol=1e-5)
+
+
+def test_antithetic_pairs_share_a_field_with_opposite_signs():
+    m = _method("test-noise-echo", seed=2, antithetic=True, std_smoothing=0.0, mmse="samples",
+                std="samples")
+    x = np.random.default_rng(3).normal(size=(1, 1, 40, 50)).astype(np.float32)
+    samples = np.zeros((1, 4, 40, 50), np.float32)
+    res = predict_planes(m, x, m.config.sampling, n_samples=4, samples_out=samples)
+    noise = samples[0] - x[0, 0]
+    np.testing.assert_allclose(noise[1], -noise[0], atol=1e-5)
+    np.testing.assert_allclose(noise[3], -noise[2], atol=1e-5)
+    assert abs(np.corrcoef(noise[0].ravel(), noise[2].ravel())[0, 1]) < 0.1
+    # the mean of a sample linear in its noise is exact with antithetic pairs
+    np.testing.assert_allclose(res.mean, x[:, 0], atol=1e-5)
+
+
+def test_std_smoothing_averages_the_variance_over_neighbours():
+    m = _method("test-noise-echo", seed=4, antithetic=False, mmse="samples", std="samples",
+                std_smoothing=0.0)
+    x = np.zeros((1, 1, 64, 64), np.float32)
+    raw = predict_planes(m, x, m.config.sampling, n_samples=4).std
+    smooth_cfg = m.config.sampling.model_copy(update={"std_smoothing": 2.0})
+    smooth = predict_planes(m, x, smooth_cfg, n_samples=4).std
+    # the true std is 1 everywhere: smoothing keeps the level and shrinks the estimator's noise
+    assert abs(np.mean(smooth**2) - np.mean(raw**2)) < 0.02
+    assert smooth.std() < 0.5 * raw.std()
+
+
+def test_one_sample_gives_no_std():
+    m = _method("test-noise-echo")
+    res = predict_planes(m, np.zeros((1, 1, 20, 20), np.float32), m.config.sampling,
+                         n_samples=1)
+    assert res.std is None and res.mean.shape == (1, 20, 20)
+
+
+def test_weights_keep_their_layout_after_prediction():
+    m = _method("hazematching", n_time_points=2)
+    predict_planes(m, np.zeros((1, 1, 32, 32), np.float32), m.config.sampling, n_samples=1)
+    assert all(p.is_contiguous() for p in m.parameters())

@@ -55,3 +55,24 @@ def test_network_calls_and_unknown_solver():
     assert network_calls("heun", 20) == 38
     with pytest.raises(ValueError, match="unknown solver 'rk9'"):
         get_solver("rk9")
+
+
+def test_late_schedule_is_denser_near_one():
+    g = time_grid(7, schedule="late")
+    h = g[1:] - g[:-1]
+    assert g[0] == 0 and g[-1] == 1 and (h > 0).all()
+    assert (h[1:] < h[:-1]).all()  # steps shrink towards t = 1
+    assert h[-1] < 1 / 6 < h[0]
+    with pytest.raises(ValueError, match="unknown time schedule"):
+        time_grid(5, schedule="cosine")
+
+
+def test_midpoint_is_second_order_and_exact_for_constant_fields():
+    x0 = torch.ones(1, 1, 1, 1, dtype=torch.float64)
+    e = [abs(float(get_solver("midpoint")(_linear(1.0), x0, time_grid(n).double())) - math.e)
+         for n in (11, 21, 41)]
+    assert all(3.6 < a / b < 4.4 for a, b in zip(e, e[1:]))
+    v = torch.randn(2, 1, 3, 3)
+    out = get_solver("midpoint")(lambda t, x: v, x0.float().expand(2, 1, 3, 3), time_grid(3))
+    assert torch.allclose(out, 1 + v, atol=1e-6)
+    assert network_calls("midpoint", 4) == 6

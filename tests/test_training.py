@@ -110,3 +110,70 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.parent == tmp_path
                 and p.name != "ddp_train.py"]
+
+
+def test_settings_are_checked_before_any_work(tiny_config):
+    from hazematching.training import check_settings
+
+    with pytest.raises(ValueError, match=r"max_steps=-5\): `max_steps` must be a non-negative "
+                                         r"integer or -1"):
+        check_settings(tiny_config.training.model_copy(update={"max_steps": -5}))
+    with pytest.raises(ValueError, match="invalid accelerator name"):
+        check_settings(tiny_config.training.model_copy(update={"accelerator": "foo"}))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"accelerator='gpu'.*No supported gpu backend"):
+            check_settings(tiny_config.training.model_copy(update={"accelerator": "gpu"}))
+    with pytest.raises(ValueError, match=r"max_steps=-5"):  # Model.fit checks before loading
+        Model(tiny_config.with_overrides({"training.max_steps": -5})).fit(
+            "/no/such/folder", out_dir="/no/such/model")
+
+
+def test_checkpoints_that_cannot_be_resumed(tmp_path, tiny_config):
+    from hazematching.methods import build_method
+    from hazematching.training import (
+        CheckpointError,
+        RestorationModule,
+        check_resumable,
+        read_checkpoint,
+    )
+
+    bad = tmp_path / "last.ckpt"
+    bad.write_bytes(b"PK\x03\x04 not really")
+    with pytest.raises(CheckpointError, match=r"last.ckpt is unreadable \(truncated or not a "
+                                              r"checkpoint: \w+\); pass --no-resume"):
+        read_checkpoint(bad)
+    torch.save({"weights": torch.zeros(1)}, bad)
+    with pytest.raises(CheckpointError, match="not a training checkpoint of this package"):
+        read_checkpoint(bad)
+    module = RestorationModule(build_method(tiny_config))
+    state = {k: torch.zeros(1) for k in module.state_dict()}  # no stored config: by shapes
+    with pytest.raises(CheckpointError, match=r"its weights do not fit the configured network "
+                                              r"\(\d+ parameter\(s\) differ"):
+        check_resumable({"state_dict": state}, module, tiny_config, bad)
+
+
+def test_finished_model_is_replaced_only_with_overwrite(tmp_path, tiny_config):
+    import stat
+
+    from hazematching.training import read_checkpoint
+
+    out = tmp_path / "m"
+    one = tiny_config.with_overrides({"training.epochs": 1, "data.patches_per_epoch": 8})
+    previous = os.umask(0o022)
+    try:
+        Model(one).fit(make_pairs(3), make_pairs(2, seed=5), out_dir=out)
+    finally:
+        os.umask(previous)
+    written = ["config.yaml", "weights.safetensors", "model.json", "checkpoints/best.ckpt",
+               "checkpoints/last.ckpt"]
+    assert all(stat.S_IMODE((out / f).stat().st_mode) == 0o644 for f in written)
+    stored = read_checkpoint(out / "checkpoints" / "last.ckpt")["hazematching_config"]
+    assert stored["network"]["model_channels"] == 8
+    weights = (out / "weights.safetensors").read_bytes()
+    with pytest.raises(FileExistsError, match="already holds a finished model; pass --overwrite"):
+        Model(one).fit(make_pairs(3), make_pairs(2, seed=5), out_dir=out, resume=False)
+    assert (out / "weights.safetensors").read_bytes() == weights
+    Model(one.with_overrides({"training.seed": 1})).fit(make_pairs(3), make_pairs(2, seed=5),
+                                                        out_dir=out, resume=False, overwrite=True)
+    assert (out / "weights.safetensors").read_bytes() != weights
+    assert load_model_files(out).meta["epochs"] == 1

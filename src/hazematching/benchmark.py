@@ -1,6 +1,10 @@
 """The benchmark runner: train (or load) every listed method on one dataset under one budget,
 calibrate, predict the test split, evaluate, and write one report.
 
+The budget (:class:`Budget`) counts optimiser steps or training samples — the same work for every
+method on any machine, so that scores can be ranked — and/or wall-clock minutes, shared by all
+methods or set per method. ``seeds`` trains a method once per seed, to measure the spread.
+
 Every step goes through the public machinery (``Model.fit``, ``Model.calibrate``,
 ``Model.predict_file``, ``metrics.evaluate_folders``, ``report.render_report``), so a method
 added to :mod:`hazematching.methods` is benchmarked with no change here. The run is resumable:
@@ -8,7 +12,8 @@ a finished model, prediction or result is reused, not recomputed.
 
 Output layout::
 
-    OUT/models/<label>/         model directories
+    OUT/models/<label>/         model directories (an entry with `model` saves its
+                                reconfigured copy here)
     OUT/predictions/<label>/    <stem>_mmse.tif, <stem>_std.tif, <stem>_samples.tif
     OUT/results/<label>/        results.json (+ gallery.npz)
     OUT/report/                 report.html, tables/, figures/
@@ -16,20 +21,70 @@ Output layout::
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hazematching.api import Model, load_model
 from hazematching.config import ConfigError, ModelConfig, read_yaml
 from hazematching.data.pairs import resolve_split_dirs
 from hazematching.io import list_images, read_image, write_tiff
+from hazematching.methods import build_method, get_method_class
+
+#: The epoch limit while a budget applies: large enough that its steps or minutes stop first.
+_UNBOUNDED_EPOCHS = 1_000_000
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def optimizer_steps_per_batch(config: ModelConfig) -> int:
+    """Lightning's global steps per training batch: one per optimiser the method steps (two for
+    the GAN's generator and critic, which Lightning counts separately)."""
+    if not get_method_class(config.method).manual_optimization:
+        return 1
+    optimizers = build_method(config).configure_optimizers()
+    return len(optimizers) if isinstance(optimizers, list | tuple) else 1
+
+
+class Budget(_Strict):
+    """How long a method trains: a count (steps or samples) and/or minutes; training stops at
+    whichever limit comes first. An empty budget leaves the config's ``training.epochs`` in
+    charge; a non-empty one replaces it."""
+
+    steps: int | None = Field(None, ge=1, description="Training batches, each one update of "
+                              "every optimiser of the method (a GAN: generator and critic).")
+    samples: int | None = Field(None, ge=1, description="Training patches seen (per device): "
+                                "steps = ceil(samples / training.batch_size).")
+    minutes: float | None = Field(None, gt=0, description="Wall-clock limit of the training.")
+
+    @model_validator(mode="after")
+    def _one_count(self) -> Budget:
+        if self.steps is not None and self.samples is not None:
+            raise ValueError("give steps or samples, not both")
+        return self
+
+    def over(self, shared: Budget) -> Budget:
+        """This (per-method) budget, with the limits it leaves unset taken from `shared`."""
+        counted = self.steps is not None or self.samples is not None
+        return Budget(steps=self.steps if counted else shared.steps,
+                      samples=self.samples if counted else shared.samples,
+                      minutes=shared.minutes if self.minutes is None else self.minutes)
+
+    def overrides(self, config: ModelConfig) -> dict[str, Any]:
+        """The training fields that enforce this budget on `config` (none if it is empty)."""
+        steps = (math.ceil(self.samples / config.training.batch_size)
+                 if self.samples is not None else self.steps)
+        if steps is None and self.minutes is None:
+            return {}
+        return {"training.epochs": _UNBOUNDED_EPOCHS, "training.max_minutes": self.minutes,
+                "training.max_steps": None if steps is None
+                else steps * optimizer_steps_per_batch(config)}
 
 
 class MethodEntry(_Strict):
@@ -41,6 +96,11 @@ class MethodEntry(_Strict):
     set: dict[str, Any] = Field(default_factory=dict, description="Dotted config overrides; "
                                 "with `model`, inference settings applied to the loaded model.")
     model: Path | None = Field(None, description="A trained model to load instead of training.")
+    budget: Budget | None = Field(None, description="This method's budget; the limits it "
+                                  "leaves unset come from the shared one.")
+    seeds: list[int] = Field(default_factory=list, description="Train once per seed "
+                             "(training.seed, which also draws the initial weights), labelled "
+                             "'LABEL (seed N)'.")
 
     @property
     def name(self) -> str:
@@ -65,14 +125,34 @@ class BenchmarkConfig(_Strict):
                                                  "defaults (patch size, normalisation, test "
                                                  "crop) every method starts from.")
     out: Path
-    budget: dict[str, Any] = Field(default_factory=dict, description="Training overrides "
-                                   "applied to every method, e.g. training.max_minutes: 10.")
+    budget: Budget = Field(default_factory=Budget, description="The training budget of every "
+                           "method (per method: `budget` of its entry).")
+    set: dict[str, Any] = Field(default_factory=dict, description="Dotted config overrides "
+                                "applied to every method before its own `set`.")
     calibrate: bool = True
     methods: list[MethodEntry]
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _budget_is_not_overrides(cls, data: Any) -> Any:
+        budget = data.get("budget") if isinstance(data, dict) else None
+        if isinstance(budget, dict) and any("." in str(k) for k in budget):
+            raise ValueError("budget takes steps, samples and minutes; put config overrides for "
+                             "every method (e.g. training.lr) under `set`")
+        return data
+
     @model_validator(mode="after")
-    def _unique(self) -> BenchmarkConfig:
+    def _expand_seeds_and_check_labels(self) -> BenchmarkConfig:
+        methods: list[MethodEntry] = []
+        for m in self.methods:
+            if m.seeds and m.model is not None:
+                raise ValueError(f"methods: {m.name!r} loads a trained model, so it has no "
+                                 f"training seeds")
+            methods += [m.model_copy(update={"label": f"{m.name} (seed {seed})", "seeds": [],
+                                             "set": {**m.set, "training.seed": seed}})
+                        for seed in m.seeds] or [m]
+        self.methods = methods
         names = [m.name for m in self.methods]
         if not names:
             raise ValueError("methods: list at least one method")
@@ -97,7 +177,9 @@ class BenchmarkConfig(_Strict):
         return cfg
 
 
-def _start_config(bench: BenchmarkConfig, entry: MethodEntry) -> ModelConfig:
+def entry_config(bench: BenchmarkConfig, entry: MethodEntry) -> ModelConfig:
+    """The config `entry` trains with: its start config, the shared then its own overrides, and
+    the training limits of its budget."""
     if entry.config is not None:
         base = ModelConfig.from_yaml(entry.config)
     elif bench.preset is not None:
@@ -106,8 +188,11 @@ def _start_config(bench: BenchmarkConfig, entry: MethodEntry) -> ModelConfig:
         base = preset_config(bench.preset)
     else:
         base = ModelConfig()
-    return base.with_overrides({"method": entry.method, **bench.budget, **entry.set},
-                               source=f"benchmark method {entry.name!r}")
+    config = base.with_overrides({"method": entry.method, **bench.set, **entry.set},
+                                 source=f"benchmark method {entry.name!r}")
+    budget = (entry.budget or Budget()).over(bench.budget)
+    return config.with_overrides(budget.overrides(config),
+                                 source=f"benchmark budget of {entry.name!r}")
 
 
 def _test_dir(bench: BenchmarkConfig, test: Path) -> Path:
@@ -151,15 +236,25 @@ def run_benchmark(bench: BenchmarkConfig, *, device: str = "auto") -> Path:
         label = entry.name
         model_dir = bench.out / "models" / label
         t0 = time.perf_counter()
-        if entry.model is not None:
-            # A trained model evaluated with other inference settings (e.g. InDI's steps).
-            model = load_model(entry.model).reconfigure(entry.set)
-        elif (model_dir / "model.json").exists():
+        if (model_dir / "model.json").exists():
             model = load_model(model_dir)
             _log(f"{label}: reusing the trained model in {model_dir}")
+        elif entry.model is not None:
+            # A trained model evaluated with other inference settings (e.g. InDI's steps or
+            # SIFM's inference noise), saved as this entry's own model: its calibration is
+            # fitted for these settings and the original model stays as it was.
+            model = load_model(entry.model).reconfigure(entry.set)
+            model.calibration = None
+            model.save(model_dir)
         else:
-            _log(f"{label}: training")
-            model = Model(_start_config(bench, entry)).fit(train_dir, val_dir, out_dir=model_dir)
+            config = entry_config(bench, entry)
+            t = config.training
+            _log(f"{label}: training (max_steps {t.max_steps}, max_minutes {t.max_minutes})")
+            torch.manual_seed(t.seed)  # the initial weights, drawn when the method is built
+            model = Model(config).fit(train_dir, val_dir, out_dir=model_dir)
+            if model.training_summary:
+                _log(f"{label}: trained {model.training_summary['steps']} optimiser steps, "
+                     f"{model.training_summary['epochs']} epochs")
         if bench.calibrate and model.method.stochastic and model.calibration is None:
             _log(f"{label}: calibrating on {val_dir}")
             model.calibrate(val_dir, n_samples=ev.n_samples, device=device,
@@ -190,4 +285,5 @@ def summary_table(report_dir: Path) -> str:
     return "\n\n".join(t.read_text() for t in tables) if tables else ""
 
 
-__all__ = ["BenchmarkConfig", "MethodEntry", "run_benchmark", "summary_table"]
+__all__ = ["BenchmarkConfig", "Budget", "MethodEntry", "entry_config",
+           "optimizer_steps_per_batch", "run_benchmark", "summary_table"]

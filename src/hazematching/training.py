@@ -1,23 +1,137 @@
 """The one training loop every method uses: a LightningModule around a :class:`Method` and a
-trainer factory (checkpoints best-by-validation and last, resume, EMA, logs, DDP, precision)."""
+trainer factory (checkpoints best-by-validation and last, resume, EMA, logs, DDP, precision).
+
+Checkpoints are written atomically next to their final name (:class:`AtomicCheckpointIO`), so a
+run killed at any point leaves the previous ``last.ckpt`` intact; each checkpoint also stores
+the model config, so that resuming with a different network is refused by name.
+"""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar, WeightAveraging
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, Dataset
 
-from hazematching.config import TrainingConfig
+from hazematching.config import ModelConfig, TrainingConfig
+from hazematching.io import atomic_path
 from hazematching.methods.base import Method
 
 CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "logs"
+CHECKPOINT_NAMES = ("best.ckpt", "last.ckpt")
 _VAL_SEED = 1234
+_CONFIG_KEY = "hazematching_config"
+#: Config fields that shape the network: resuming with other values cannot work.
+_NETWORK_FIELDS = ("method", "in_channels", "network", "method_options")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from; the message names it and what to do."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint under a temporary name in its folder, then renames it.
+
+    Lightning's own writer stages the file in the system temporary folder and moves it, which is
+    a copy (not atomic) when that folder is on another file system, and leaves mode 0600.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any,
+                        storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError("storage_options are not supported when saving checkpoints")
+        # Serialised in memory first (as Lightning does): torch's file writer reports a full
+        # disk as a bare RuntimeError, a plain file write as the OSError it is.
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        with atomic_path(Path(path)) as tmp:
+            tmp.write_bytes(buffer.getbuffer())
+
+
+def read_checkpoint(path: Path, resume_hint: str = "pass --no-resume (Python: resume=False) "
+                    "to start over") -> dict[str, Any]:
+    """Load a Lightning checkpoint safely (``weights_only=True``: no pickled code runs).
+
+    Raises:
+        CheckpointError: the file is truncated, not a checkpoint, or holds anything but tensors
+            and plain data; the message names it and says how to start over.
+    """
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types; its text is not shown
+        # torch's message would suggest weights_only=False, i.e. running the file's code.
+        raise CheckpointError(f"{path} is unreadable (truncated or not a checkpoint: "
+                              f"{type(err).__name__}); {resume_hint}") from None
+    if not isinstance(ckpt, dict) or not {"state_dict", "epoch", "global_step"} <= set(ckpt):
+        raise CheckpointError(f"{path} is not a training checkpoint of this package (no "
+                              f"state_dict/epoch/global_step); {resume_hint}")
+    return ckpt
+
+
+def _diff(old: Any, new: Any, prefix: str) -> list[str]:
+    """Dotted fields whose values differ; fields only one side knows (another package version)
+    are left to the shape check."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) & set(new), key=str)
+                for d in _diff(old[k], new[k], f"{prefix}.{k}")]
+    return [] if old == new else [f"{prefix}: {old!r} in the checkpoint, {new!r} now"]
+
+
+def check_resumable(ckpt: dict[str, Any], module: pl.LightningModule, config: ModelConfig,
+                    path: Path) -> None:
+    """Refuse to resume from `ckpt` into a network of another shape.
+
+    Raises:
+        CheckpointError: naming the config fields that differ from the checkpoint's, or (for
+            checkpoints without a stored config) the parameters whose shapes differ.
+    """
+    hint = ("use the settings it was trained with to resume, or pass --no-resume (Python: "
+            "resume=False) to start over")
+    stored = ckpt.get(_CONFIG_KEY)
+    if isinstance(stored, dict):
+        now = config.model_dump(mode="json")
+        diffs = [d for f in _NETWORK_FIELDS if f in stored for d in _diff(stored[f], now[f], f)]
+        if diffs:
+            raise CheckpointError(f"cannot resume from {path}: the network differs ("
+                                  f"{'; '.join(diffs[:5])}); {hint}")
+    state = ckpt["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds no state_dict; {hint}")
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    bad = sorted(k for k in set(expected) | set(found) if expected.get(k) != found.get(k))
+    if bad:
+        raise CheckpointError(f"cannot resume from {path}: its weights do not fit the "
+                              f"configured network ({len(bad)} parameter(s) differ, e.g. "
+                              f"{', '.join(bad[:3])}); {hint}")
+
+
+def check_settings(cfg: TrainingConfig) -> None:
+    """Validate the trainer settings (accelerator, devices, strategy, precision, max_steps)
+    before any work, by building a bare Lightning Trainer with them.
+
+    Raises:
+        ValueError: naming the setting Lightning refused, e.g. a GPU asked for on a machine
+            without one, or a negative max_steps.
+    """
+    try:
+        pl.Trainer(max_epochs=cfg.epochs, max_steps=cfg.max_steps, accelerator=cfg.accelerator,
+                   devices=cfg.devices, strategy=cfg.strategy,
+                   precision=resolve_precision(cfg.precision, cfg.accelerator), logger=False,
+                   enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False)
+    except (MisconfigurationException, ValueError, TypeError, RuntimeError) as err:
+        raise ValueError(f"training settings (accelerator={cfg.accelerator!r}, "
+                         f"devices={cfg.devices!r}, strategy={cfg.strategy!r}, "
+                         f"max_steps={cfg.max_steps}): {err}") from None
 
 
 class RestorationModule(pl.LightningModule):
@@ -62,6 +176,9 @@ class RestorationModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         return self.method.configure_optimizers()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[_CONFIG_KEY] = self.method.config.model_dump(mode="json")
 
 
 class EMA(WeightAveraging):
@@ -123,6 +240,7 @@ def build_trainer(cfg: TrainingConfig, out_dir: Path, *, automatic_optimization:
         limit_val_batches=cfg.limit_val_batches,
         callbacks=callbacks,
         logger=loggers,
+        plugins=[AtomicCheckpointIO()],
         enable_progress_bar=cfg.progress_bar,
         enable_model_summary=False,
         log_every_n_steps=1,
@@ -135,23 +253,27 @@ def fit(method: Method, train: Dataset, val: Dataset, cfg: TrainingConfig, out_d
         num_workers: int = 0, resume: bool = True) -> tuple[pl.Trainer, Path | None]:
     """Train `method` in place and return the trainer and the best checkpoint's path.
 
-    With `resume`, training continues from ``out_dir/checkpoints/last.ckpt`` when it exists.
-    The method's weights are left as the best checkpoint's (EMA weights when EMA is on).
+    With `resume`, training continues from ``out_dir/checkpoints/last.ckpt`` when it exists,
+    after checking that it is readable (:func:`read_checkpoint`) and fits the network
+    (:func:`check_resumable`). The method's weights are left as the best checkpoint's (EMA
+    weights when EMA is on).
     """
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     module = RestorationModule(method)
+    last = out_dir / CHECKPOINT_DIR / "last.ckpt"
+    if resume and last.exists():
+        check_resumable(read_checkpoint(last), module, method.config, last)
     trainer = build_trainer(cfg, out_dir, automatic_optimization=module.automatic_optimization)
     loader_kw = dict(batch_size=cfg.batch_size, num_workers=num_workers,
                      persistent_workers=False, pin_memory=torch.cuda.is_available())
     train_loader = DataLoader(train, shuffle=False, drop_last=len(train) > cfg.batch_size,
                               **loader_kw)
     val_loader = DataLoader(val, shuffle=False, **loader_kw)
-    last = out_dir / CHECKPOINT_DIR / "last.ckpt"
     trainer.fit(module, train_loader, val_loader,
                 ckpt_path=str(last) if resume and last.exists() else None)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     best_path = Path(best) if best else (last if last.exists() else None)
     if best_path is not None:
-        state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
-        module.load_state_dict(state)
+        module.load_state_dict(read_checkpoint(best_path, "train again with --no-resume")[
+            "state_dict"])
     return trainer, best_path

@@ -58,6 +58,9 @@ def test_errors_are_clear(tmp_path, paper_dataset):
     r = runner.invoke(app, ["train", str(tmp_path / "emptyset"), "--out", str(tmp_path / "m")])
     assert r.exit_code == 2 and "contains no TIFF files" in r.output
     r = runner.invoke(app, ["predict", str(tmp_path), "x.tif", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "x.tif: no such file or folder" in r.output
+    img = write_tiff(tmp_path / "x.tif", np.zeros((8, 8), np.uint16), "YX")
+    r = runner.invoke(app, ["predict", str(tmp_path), str(img), "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "not a finished hazematching model" in r.output
     r = runner.invoke(app, ["train", str(paper_dataset), "--out", str(tmp_path / "m"), "--set",
                             "epochs"])
@@ -70,3 +73,34 @@ def test_config_command(tmp_path):
     assert yaml.safe_load(p.read_text())["network"]["model_channels"] == 32
     r = runner.invoke(app, ["config", str(p)])
     assert r.exit_code == 2 and "exists" in r.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--max-steps", "-5"], "`max_steps` must be a non-negative integer or -1"),
+    (["--accelerator", "foo"], "invalid accelerator name"),
+    (["--devices", "0", "--accelerator", "cpu"], "devices=0"),
+])
+def test_invalid_training_options_fail_before_any_work(tmp_path, paper_dataset, args, message):
+    out = tmp_path / "m"
+    r = runner.invoke(app, ["train", str(paper_dataset), "--out", str(out), *args])
+    assert r.exit_code == 2 and message in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1 and not out.exists()
+
+
+@pytest.mark.parametrize("device,message", [
+    ("foo", "device 'foo' is not a device name"), ("cuda:99", "device 'cuda:99'")])
+def test_invalid_devices_fail_before_any_work(tmp_path, device, message):
+    img = write_tiff(tmp_path / "a.tif", np.zeros((8, 8), np.uint16), "YX")
+    for command in (["predict", str(tmp_path), str(img), "--out", str(tmp_path / "o")],
+                    ["calibrate", str(tmp_path), str(tmp_path)]):
+        r = runner.invoke(app, [*command, "--device", device])
+        assert r.exit_code == 2 and message in r.output, r.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_messages_with_brackets_are_printed_as_they_are(tmp_path):
+    bad = tmp_path / "[red]odd.yaml"  # rich would take [red] for markup and drop it
+    bad.write_text("- a list")
+    r = runner.invoke(app, ["train", str(tmp_path), "--out", str(tmp_path / "m"), "--config",
+                            str(bad)])
+    assert r.exit_code == 2 and "[red]odd.yaml: expected a mapping of fields" in r.output

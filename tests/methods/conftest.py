@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,10 +32,12 @@ TINY = {
 }
 
 
-def tiny_config(method: str, **options: Any) -> ModelConfig:
-    """The TINY config for `method` with the given method options."""
-    return ModelConfig.from_dict({**copy.deepcopy(TINY), "method": method,
-                                  "method_options": options})
+def tiny_config(method: str, overrides: dict[str, Any] | None = None, **options: Any
+                ) -> ModelConfig:
+    """The TINY config for `method` with the given method options and dotted overrides."""
+    config = ModelConfig.from_dict({**copy.deepcopy(TINY), "method": method,
+                                    "method_options": options})
+    return config.with_overrides(overrides) if overrides else config
 
 
 @pytest.fixture(scope="session")
@@ -69,14 +71,37 @@ class TinyRun:
     def reloaded(self) -> Model:
         return load_model(self.out)
 
+    def check_training_lowers_the_loss(self, factor: float = 0.8) -> None:
+        """The validation loss after training is below `factor` × the untrained one."""
+        before, after = self.loss(self.untrained), self.loss(self.model.method)
+        print(f"{self.model.config.method} validation loss: {before:.4f} -> {after:.4f}")
+        assert after < factor * before
+
+    def check_deterministic_round_trip(self) -> None:
+        """A 48×44 prediction that is the same after save/load and for any seed."""
+        assert not self.model.method.stochastic
+        pred = self.predict(self.model)
+        assert pred.shape == (48, 44)
+        np.testing.assert_array_equal(pred, self.predict(self.reloaded(), seed=1))
+
+    def check_stochastic_round_trip(self) -> None:
+        """A 48×44 MMSE of posterior samples: the same after save/load at one seed, different
+        at another."""
+        assert self.model.method.stochastic
+        pred = self.predict(self.model)
+        assert pred.shape == (48, 44)
+        np.testing.assert_array_equal(pred, self.predict(self.reloaded()))
+        assert not np.array_equal(pred, self.predict(self.model, seed=1))
+
 
 @pytest.fixture(scope="module")
 def train_tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., TinyRun]:
-    """``train_tiny(method, **options)``: fit a tiny model through :class:`Model`."""
+    """``train_tiny(method, overrides=None, **options)``: fit a tiny model through
+    :class:`Model` (`overrides`: dotted config fields, e.g. ``{"training.epochs": 10}``)."""
 
-    def train(method: str, **options: Any) -> TinyRun:
+    def train(method: str, overrides: dict[str, Any] | None = None, **options: Any) -> TinyRun:
         pairs = make_pairs(4)
-        model = Model(tiny_config(method, **options))
+        model = Model(tiny_config(method, overrides, **options))
         untrained = copy.deepcopy(model.method)
         out = tmp_path_factory.mktemp(method)
         model.fit(pairs, out_dir=out)
@@ -85,13 +110,3 @@ def train_tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., TinyRu
         return TinyRun(model, untrained, pairs, out, target, cond)
 
     return train
-
-
-@pytest.fixture(scope="package", autouse=True)
-def _one_thread() -> Iterator[None]:
-    # These tensors are tiny: intra-op threads gain nothing, and on a shared, busy 2-core
-    # machine their hand-offs made a training step ~15x slower than one thread.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)

@@ -1,6 +1,5 @@
 """U-Net regression (CARE) baseline."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,20 +13,11 @@ def run(train_tiny):
 
 
 def test_training_lowers_the_validation_loss(run) -> None:
-    before, after = run.loss(run.untrained), run.loss(run.model.method)
-    print(f"regression val L1: {before:.4f} -> {after:.4f}")
-    assert after < 0.8 * before
+    run.check_training_lowers_the_loss()
 
 
-def test_save_load_gives_identical_predictions(run) -> None:
-    pred = run.predict(run.model)
-    assert pred.shape == (48, 44)
-    np.testing.assert_array_equal(pred, run.predict(run.reloaded()))
-
-
-def test_prediction_is_deterministic(run) -> None:
-    assert not run.model.method.stochastic
-    np.testing.assert_array_equal(run.predict(run.model, seed=0), run.predict(run.model, seed=1))
+def test_save_load_gives_identical_deterministic_predictions(run) -> None:
+    run.check_deterministic_round_trip()
 
 
 def test_mse_option_is_the_mean_squared_error(method_config) -> None:

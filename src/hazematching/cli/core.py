@@ -9,8 +9,8 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from hazematching.cli.common import USER_ERRORS, console, fail
-from hazematching.config import ModelConfig
+from hazematching.cli.common import USER_ERRORS, console, fail, say
+from hazematching.config import ModelConfig, preset_overrides
 
 
 def _parse_sets(sets: list[str]) -> dict[str, Any]:
@@ -24,19 +24,25 @@ def _parse_sets(sets: list[str]) -> dict[str, Any]:
 
 
 def _expand_inputs(inputs: list[str]) -> list[Path]:
-    from hazematching.io import TIFF_SUFFIXES
+    """Files, folders (their visible TIFF files) and glob patterns → files, each checked."""
+    from hazematching.io import TIFF_SUFFIXES, ImageError, image_files, is_image_file
 
     files: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files += sorted(f for f in p.iterdir() if f.suffix.lower() in TIFF_SUFFIXES)
+            found = image_files(p)
+            if not found:
+                raise ImageError(f"{p}: contains no TIFF files ({', '.join(TIFF_SUFFIXES)})")
+        elif p.is_file():
+            found = [p]
         elif any(c in item for c in "*?["):
-            files += sorted(Path(f) for f in glob.glob(item))
+            found = [f for f in map(Path, sorted(glob.glob(item))) if is_image_file(f)]
+            if not found:
+                raise ImageError(f"{item}: the pattern matches no TIFF file")
         else:
-            files.append(p)
-    if not files:
-        raise ValueError(f"no input images found in {', '.join(inputs)}")
+            raise ImageError(f"{p}: no such file or folder")
+        files += found
     return files
 
 
@@ -47,7 +53,8 @@ def train(
     config: Annotated[Path | None, typer.Option(help="YAML config (see `hazematching config`).")
                       ] = None,
     val: Annotated[Path | None, typer.Option(help="Validation folder.")] = None,
-    method: Annotated[str | None, typer.Option(help="Restoration method.")] = None,
+    method: Annotated[str | None, typer.Option(help="Restoration method (listed above; "
+                                                    "default hazematching).")] = None,
     epochs: Annotated[int | None, typer.Option()] = None,
     max_steps: Annotated[int | None, typer.Option()] = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
@@ -60,10 +67,11 @@ def train(
                                             "--set network.model_channels=64.")] = [],  # noqa: B006
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoints/last.ckpt.")
                       ] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace a finished model in OUT by a new "
+                                                 "training run.")] = False,
 ) -> None:
     """Train a model on paired widefield/confocal images."""
     from hazematching.api import Model
-    from hazematching.model_io import META_FILE
 
     try:
         cfg = ModelConfig.from_yaml(config) if config else ModelConfig()
@@ -73,13 +81,25 @@ def train(
             "training.batch_size": batch_size, "data.patch_size": patch_size,
             "training.lr": lr, "training.accelerator": accelerator, "training.devices": dev,
             "training.strategy": strategy, **_parse_sets(set_)}, source="command-line options")
-        if (out / META_FILE).exists() and not (out / "checkpoints" / "last.ckpt").exists():
-            raise FileExistsError(f"{out} already holds a finished model; choose another --out")
-        model = Model(cfg).fit(data, val, out_dir=out, resume=resume)
+        model = Model(cfg).fit(data, val, out_dir=out, resume=resume, overwrite=overwrite)
     except USER_ERRORS as err:
         fail(str(err))
     if model.path is not None:
-        console.print(f"model written to [bold]{model.path}[/]")
+        say(f"model written to {model.path}")
+
+
+def _method_list() -> str:
+    """The paragraph of `train --help` that lists every method with its one-line description."""
+    from hazematching.methods import method_summaries
+
+    rows = method_summaries()
+    width = max(map(len, rows))
+    # "\b" keeps Click from re-wrapping the table into one paragraph.
+    return "\n".join(["\b", "Methods (--method NAME; options: --set method_options.FIELD=VALUE)",
+                      *(f"  {name:<{width}}  {text}" for name, text in rows.items())])
+
+
+train.__doc__ = f"{train.__doc__}\n\n{_method_list()}"
 
 
 def predict(
@@ -93,8 +113,15 @@ def predict(
              "channel of paper-layout pairs (default: all).")] = None,
     n_samples: Annotated[int | None, typer.Option(help="Posterior samples per image.")] = None,
     save_samples: Annotated[bool, typer.Option(help="Also write the samples.")] = False,
-    solver: Annotated[str | None, typer.Option(help="euler or heun.")] = None,
+    preset: Annotated[str | None, typer.Option(
+        help="Named sampling settings: 'fast' (the default) or 'paper' (the published "
+             "inference: 50 samples, 19 Euler steps, MMSE = mean of samples, 128-px tiles); "
+             "the options below override it.")] = None,
+    solver: Annotated[str | None, typer.Option(help="euler, heun or midpoint.")] = None,
     n_time_points: Annotated[int | None, typer.Option(help="ODE grid points.")] = None,
+    schedule: Annotated[str | None, typer.Option(help="Time grid: uniform or late.")] = None,
+    mmse: Annotated[str | None, typer.Option(
+        help="t0 (mean of one-call estimates) or samples (mean of the samples).")] = None,
     tile_size: Annotated[int | None, typer.Option()] = None,
     tile_overlap: Annotated[int | None, typer.Option()] = None,
     batch_size: Annotated[int | None, typer.Option(help="Network batch size.")] = None,
@@ -102,19 +129,32 @@ def predict(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ….")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
 ) -> None:
-    """Dehaze images: write <name>_mmse.tif, <name>_std.tif (and <name>_samples.tif)."""
-    from hazematching.api import load_model
+    """Dehaze images: write <name>_mmse.tif, <name>_std.tif (and <name>_samples.tif).
+
+    Re-running after an interruption skips the images whose outputs are complete.
+    """
+    from hazematching.api import check_device, check_n_samples, load_model
 
     try:
+        check_device(device)
+        check_n_samples(n_samples)
+        files = _expand_inputs(inputs)
         m = load_model(model)
-        m.reconfigure({"sampling.solver": solver, "sampling.n_time_points": n_time_points,
+        m.reconfigure({**(preset_overrides(preset) if preset else {}),
+                       "sampling.solver": solver, "sampling.n_time_points": n_time_points,
+                       "sampling.schedule": schedule, "sampling.mmse": mmse,
                        "sampling.tile_size": tile_size, "sampling.tile_overlap": tile_overlap,
                        "sampling.batch_size": batch_size, "sampling.seed": seed})
-        for f in _expand_inputs(inputs):
-            written = m.predict_file(f, out, axes=axes, channels=channel, n_samples=n_samples,
-                                     save_samples=save_samples, overwrite=overwrite,
-                                     device=device, progress=True)
-            console.print(f"{f} → " + ", ".join(str(p) for p in written.values()))
+        one = m.method.stochastic and m.n_samples_for(n_samples) == 1
+        for r in m.predict_files(files, out, axes=axes, channels=channel, n_samples=n_samples,
+                                 save_samples=save_samples, overwrite=overwrite, device=device,
+                                 progress=True):
+            if r.skipped:
+                say(f"{r.source}: skipped, its outputs exist ({r.outputs['mmse']}; --overwrite "
+                    f"predicts it again)")
+            else:
+                say(f"{r.source} → " + ", ".join(str(p) for p in r.outputs.values())
+                    + (" (1 sample: no std)" if one else ""))
     except USER_ERRORS as err:
         fail(str(err))
 
@@ -122,25 +162,35 @@ def predict(
 def calibrate(
     model: Annotated[Path, typer.Argument(help="Model directory.")],
     val: Annotated[Path, typer.Argument(help="Validation pairs (either layout).")],
-    n_samples: Annotated[int | None, typer.Option()] = None,
+    n_samples: Annotated[int | None, typer.Option(help="Posterior samples per pixel (>= 2).")
+                         ] = None,
+    preset: Annotated[str | None, typer.Option(
+        help="Sampling preset to calibrate (fast or paper); the model keeps it, so that "
+             "later predictions use the settings the calibration was fitted for.")] = None,
     bins: Annotated[int, typer.Option(help="Equal-width std bins.")] = 50,
     plot: Annotated[Path | None, typer.Option(help="PNG of RMSE vs RMV (default: "
                                                    "MODEL/calibration.png).")] = None,
     device: Annotated[str, typer.Option()] = "auto",
 ) -> None:
     """Fit the std calibration (RMSE ≈ a·RMV + b) on validation pairs and store it."""
-    from hazematching.api import load_model
+    from hazematching.api import check_device, check_n_samples, load_model
 
     try:
+        check_device(device)
+        check_n_samples(n_samples)
+        if bins < 1:
+            raise ValueError(f"--bins must be at least 1, got {bins}")
         m = load_model(model)
         if m.path is None:
             raise ValueError(f"{model}: calibrate a model directory, not an archive")
+        if preset:
+            m.reconfigure(preset_overrides(preset))
         rep = m.calibrate(val, n_samples=n_samples, n_bins=bins, device=device,
                           plot=plot or model / "calibration.png", progress=True)
     except USER_ERRORS as err:
         fail(str(err))
-    console.print(f"calibration a={rep.calibration.a:.4f} b={rep.calibration.b:.4f}; ENCE "
-                  f"{rep.ence_before:.4f} → {rep.ence_after:.4f}")
+    say(f"calibration a={rep.calibration.a:.4f} b={rep.calibration.b:.4f}; ENCE "
+        f"{rep.ence_before:.4f} → {rep.ence_after:.4f}")
 
 
 def write_config(
@@ -151,7 +201,7 @@ def write_config(
     if out.exists():
         fail(f"{out} exists; choose another file name")
     ModelConfig().with_overrides({"method": method}, source="--method").to_yaml(out)
-    console.print(f"wrote {out}")
+    say(f"wrote {out}")
 
 
 def demo(
@@ -184,4 +234,4 @@ def benchmark(
     except USER_ERRORS as err:
         fail(str(err))
     print(summary_table(html.parent))
-    console.print(f"report: [bold]{html}[/]")
+    say(f"report: {html}")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import errno
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from hazematching.config import ModelConfig
 from hazematching.data.download import disk_full_message, fetch, resolve_cache_dir
 from hazematching.data.normalization import ChannelStats, Normalizer
+from hazematching.io import staging_dir
 from hazematching.nets.convert import network_config_from_torchcfm
 
 DATA_BASE_URL = "https://download.fht.org/jug/hazematching/data/"
@@ -347,7 +347,7 @@ def download_dataset(name: str, root: str | Path, *, base_url: str | None = None
     archive = fetch(preset.url(base_url), resolve_cache_dir(cache_dir) / "data" /
                     f"{preset.name}.zip", preset.sha256, progress=progress)
     root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{preset.name}.", suffix=".partial", dir=root))
+    staging = staging_dir(root, f".{preset.name}.", ".partial")
     try:
         _extract(archive, staging, root)
         content = _dataset_folder(staging, preset)

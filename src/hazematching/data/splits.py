@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from hazematching.data.pairs import Layout, PairedImages, load_pairs
-from hazematching.io import write_tiff
+from hazematching.io import staging_dir, write_tiff
 
 SPLITS = ("train", "val", "test")
 #: Splits that also get a ``<split>_crop/`` folder of patches (the test set stays whole).
@@ -93,7 +92,7 @@ def split_dataset(src: str | Path, out: str | Path, *, val_fraction: float = 0.1
                          f"lower --patch-size")
     assignment = assign_splits(len(pairs), val_fraction, test_fraction, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    staging = staging_dir(out.parent, f".{out.name}.", ".partial")
     summary = SplitSummary(root=out)
     try:
         for split in SPLITS:

@@ -20,7 +20,6 @@ import contextlib
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -31,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy import fft
 
 from hazematching.data.psf import OpticsConfig, image_focal_planes
-from hazematching.io import write_tiff
+from hazematching.io import staging_dir, write_tiff
 
 _M = TypeVar("_M", bound=BaseModel)
 Structure = Literal["filaments", "blobs", "mixed"]
@@ -388,7 +387,7 @@ def write_pairs(folder: str | Path, target: np.ndarray, widefield: np.ndarray, *
                               f"overwrite=True (--overwrite) to replace it")
     counts = split_counts(len(target), split_fractions)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
+    tmp = staging_dir(folder.parent, f".{folder.name}.", ".partial")
     width = max(5, len(str(len(target) - 1)))
     paths: dict[str, list[Path]] = {}
     try:
@@ -406,8 +405,7 @@ def write_pairs(folder: str | Path, target: np.ndarray, widefield: np.ndarray, *
             (tmp / METADATA_FILE).write_text(yaml.safe_dump(dict(metadata), sort_keys=False))
         if folder.exists():
             # Move the old dataset aside first so the final rename cannot fail half-way.
-            trash = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old",
-                                          dir=folder.parent))
+            trash = staging_dir(folder.parent, f".{folder.name}.", ".old")
             os.replace(folder, trash / folder.name)
             os.replace(tmp, folder)
             shutil.rmtree(trash)

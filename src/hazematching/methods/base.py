@@ -17,7 +17,7 @@ from torch import Tensor, nn
 if TYPE_CHECKING:
     import lightning.pytorch as pl
 
-    from hazematching.config import ModelConfig
+    from hazematching.config import ModelConfig, SamplingConfig
 
 
 class NoOptions(BaseModel):
@@ -38,6 +38,10 @@ class Method(nn.Module):
     manual_optimization: ClassVar[bool] = False
     #: Pydantic model validating ``config.method_options``.
     Options: ClassVar[type[BaseModel]] = NoOptions
+    #: True if the method's only randomness is one standard-normal field shaped like its output,
+    #: which the predictor may supply through :meth:`posterior_batch`: then one field per image
+    #: is cut into the tiles, and a stitched sample is one coherent sample across tile seams.
+    takes_noise: ClassVar[bool] = False
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -56,6 +60,17 @@ class Method(nn.Module):
         """One prediction (B, 1, H, W) per condition (B, C, H, W), normalised units.
 
         Stochastic methods return one posterior sample per row, drawn with `generator`.
+        """
+        raise NotImplementedError
+
+    def posterior_batch(self, cond: Tensor, noise: Tensor,
+                        sampling: SamplingConfig | None = None) -> tuple[Tensor, Tensor | None]:
+        """One posterior sample per row from the given standard-normal `noise` (B, 1, H, W),
+        and a cheap estimate of the posterior mean from the same draw, or None.
+
+        Only methods with :attr:`takes_noise` implement it; both outputs are (B, 1, H, W).
+        `sampling` (default ``config.sampling``) carries the solver settings the predictor was
+        asked for.
         """
         raise NotImplementedError
 

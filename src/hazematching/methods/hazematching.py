@@ -11,7 +11,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from hazematching.config import ModelConfig
+from hazematching.config import ModelConfig, SamplingConfig
 from hazematching.methods import register
 from hazematching.methods.base import Method, PixelLoss, pixel_loss, randn
 from hazematching.nets import UNet
@@ -30,6 +30,7 @@ class HazeMatching(Method):
 
     name = "hazematching"
     stochastic = True
+    takes_noise = True
     Options = HazeMatchingOptions
 
     def __init__(self, config: ModelConfig):
@@ -48,10 +49,16 @@ class HazeMatching(Method):
             return grid[torch.randint(0, tc.n_time_points, (n,), device=like.device)]
         return torch.rand(n, device=like.device, dtype=like.dtype)
 
+    def start(self, cond: Tensor, noise: Tensor, *, training: bool = False) -> Tensor:
+        """Path start x0 (B, 1, H, W) from standard-normal `noise`: the noise itself. Flows
+        that start elsewhere (SIFM: at the observation) override this."""
+        return noise
+
     def source(self, cond: Tensor, generator: torch.Generator | None = None, *,
                training: bool = False) -> Tensor:
-        """Path start x0 (B, 1, H, W): Gaussian noise. Other flows override this."""
-        return randn((cond.shape[0], 1, *cond.shape[2:]), cond, generator)
+        """Path start x0 (B, 1, H, W) from fresh noise drawn with `generator`."""
+        noise = randn((cond.shape[0], 1, *cond.shape[2:]), cond, generator)
+        return self.start(cond, noise, training=training)
 
     def training_loss(self, target: Tensor, cond: Tensor) -> Tensor:
         x1 = target
@@ -62,10 +69,33 @@ class HazeMatching(Method):
         return pixel_loss(self.options.loss, self.velocity(t, xt, cond), x1 - x0)
 
     def predict_batch(self, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        s = self.config.sampling
-        solve = get_solver(s.solver)
-        return solve(lambda t, x: self.velocity(t, x, cond), self.source(cond, generator),
-                     time_grid(s.n_time_points, cond.device).to(cond.dtype))
+        noise = randn((cond.shape[0], 1, *cond.shape[2:]), cond, generator)
+        return self.posterior_batch(cond, noise)[0]
+
+    def posterior_batch(self, cond: Tensor, noise: Tensor,
+                        sampling: SamplingConfig | None = None) -> tuple[Tensor, Tensor]:
+        """A posterior sample (the ODE end point from x0) and the one-call estimate of the
+        posterior mean x0 + v(0, x0, y), both (B, 1, H, W); solver and time grid from
+        `sampling` (default: the method's own ``config.sampling``).
+
+        The estimate is free: it is the solver's first evaluation. At the optimum of the
+        flow-matching loss v(0, x0, y) = E[x1 | y] − E[x0 | x0, y], so x0 + v(0, x0, y) is
+        E[x1 | y] for every x0 (x0 carries no information about x1 at t = 0); a trained network
+        leaves a residual dependence on x0 that averaging over draws removes.
+        """
+        s = sampling or self.config.sampling
+        x0 = self.start(cond, noise)
+        grid = time_grid(s.n_time_points, cond.device, s.schedule).to(cond.dtype)
+        first: list[Tensor] = []
+
+        def velocity(t: Tensor, x: Tensor) -> Tensor:
+            v = self.velocity(t, x, cond)
+            if not first:
+                first.append(v)
+            return v
+
+        sample = get_solver(s.solver)(velocity, x0, grid)
+        return sample, x0 + first[0].to(x0.dtype)
 
     def network_calls(self) -> int:
         s = self.config.sampling

@@ -8,18 +8,21 @@ starts at the observation instead of pure noise: ``x_0 = y + σ·n``, n ~ N(0, 1
 0.1|0.1). y is the first condition channel in its normalised units (see
 :func:`~hazematching.methods.indi.degraded_image`). Inference integrates the ODE with the shared
 solver and grid of ``config.sampling``; it is deterministic when ``sigma_infer`` is 0.
+
+The variants are options of the one method, e.g. the paper's 0.0|0.1 is ``hazematching train
+--method sifm --set method_options.sigma_train=0.0 --set method_options.sigma_infer=0.1`` (the
+default is 0.1|0.1); the benchmark configs list all three.
 """
 
 from __future__ import annotations
 
-import torch
 from pydantic import Field
 from torch import Tensor
 
 from hazematching.config import ModelConfig
 from hazematching.methods import register
 from hazematching.methods.hazematching import HazeMatching, HazeMatchingOptions
-from hazematching.methods.indi import degraded_start
+from hazematching.methods.indi import degraded_image
 
 
 class SIFMOptions(HazeMatchingOptions):
@@ -42,8 +45,9 @@ class SIFM(HazeMatching):
         # With sigma_infer = 0 the ODE from y has a single solution: no posterior to sample.
         self.stochastic = self.options.sigma_infer > 0
 
-    def source(self, cond: Tensor, generator: torch.Generator | None = None, *,
-               training: bool = False) -> Tensor:
+    def start(self, cond: Tensor, noise: Tensor, *, training: bool = False) -> Tensor:
         """Path start y + σ·n (B, 1, H, W), σ = sigma_train in training, else sigma_infer."""
         o = self.options
-        return degraded_start(cond, o.sigma_train if training else o.sigma_infer, generator)
+        sigma = o.sigma_train if training else o.sigma_infer
+        y = degraded_image(cond)
+        return y + sigma * noise if sigma > 0 else y

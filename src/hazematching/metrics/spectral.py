@@ -198,3 +198,33 @@ def power_spectrum_ratio(pred: np.ndarray, target: np.ndarray, *, cutoff: float 
     """
     ratio = power_ratio_from(spectra(pred, target, apodize=apodize), cutoff)
     return float(ratio[0]) if np.ndim(pred) == 2 else ratio
+
+
+#: The band (cycles/pixel) where dehazing restores fine texture: above the widefield's in-focus
+#: pass band's shoulder, below the ring where camera noise dominates the confocal target.
+HF_BAND = (0.15, 0.45)
+
+
+def band_power_ratio(preds: np.ndarray, target: np.ndarray, *,
+                     band: tuple[float, float] = HF_BAND, apodize: bool = True) -> np.ndarray:
+    """``(B,)`` power of each prediction relative to the target's, summed over the rings with
+    ``band[0] < f <= band[1]`` cycles/pixel.
+
+    1 = the target's amount of fine texture; < 1 over-smoothed (an MMSE estimate is, by
+    design); the gate for a posterior sample is to stay near the reference sampler's ratio.
+
+    Args:
+        preds: ``(B, Y, X)`` or ``(Y, X)`` float predictions.
+        target: ``(Y, X)`` float target.
+    """
+    lo, hi = band
+    if not 0 <= lo < hi <= 0.5:
+        raise ValueError(f"band must satisfy 0 <= low < high <= 0.5 cycles/pixel, got {band}")
+    sp = spectra(preds, target, apodize=apodize)
+    sel = (sp.frequencies > lo) & (sp.frequencies <= hi)
+    if not sel.any():
+        raise ValueError(f"no frequency ring of a {np.shape(target)} image falls in {band}")
+    denom = sp.power_target[sel].sum()
+    if denom <= 0:
+        raise ValueError(f"the target has no power in {band} cycles/pixel")
+    return sp.power_pred[:, sel].sum(axis=1) / denom
