@@ -54,11 +54,15 @@ class HazeMatching(Method):
         that start elsewhere (SIFM: at the observation) override this."""
         return noise
 
+    @staticmethod
+    def noise(cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Fresh standard-normal noise (B, 1, H, W) shaped like one output per condition."""
+        return randn((cond.shape[0], 1, *cond.shape[2:]), cond, generator)
+
     def source(self, cond: Tensor, generator: torch.Generator | None = None, *,
                training: bool = False) -> Tensor:
         """Path start x0 (B, 1, H, W) from fresh noise drawn with `generator`."""
-        noise = randn((cond.shape[0], 1, *cond.shape[2:]), cond, generator)
-        return self.start(cond, noise, training=training)
+        return self.start(cond, self.noise(cond, generator), training=training)
 
     def training_loss(self, target: Tensor, cond: Tensor) -> Tensor:
         x1 = target
@@ -69,8 +73,7 @@ class HazeMatching(Method):
         return pixel_loss(self.options.loss, self.velocity(t, xt, cond), x1 - x0)
 
     def predict_batch(self, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        noise = randn((cond.shape[0], 1, *cond.shape[2:]), cond, generator)
-        return self.posterior_batch(cond, noise)[0]
+        return self.posterior_batch(cond, self.noise(cond, generator))[0]
 
     def posterior_batch(self, cond: Tensor, noise: Tensor,
                         sampling: SamplingConfig | None = None) -> tuple[Tensor, Tensor]:
