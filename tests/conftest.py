@@ -44,7 +44,10 @@ class NoisyIdentityMethod(Method):
 TINY = {
     "data": {"patch_size": 32},
     "network": {"model_channels": 8, "channel_mult": [1, 2], "attention_downsample": [2]},
-    "training": {"epochs": 2, "batch_size": 4, "progress_bar": False, "ema_decay": 0.9},
+    # Validated and logged at every (tiny) epoch and step, which the tests count; the defaults
+    # (every 5 minutes, logs every 50 steps) are tested in test_training.py.
+    "training": {"epochs": 2, "batch_size": 4, "progress_bar": False, "ema_decay": 0.9,
+                 "val_every_n_epochs": 1, "log_every_n_steps": 1},
     "sampling": {"tile_size": 32, "tile_overlap": 8, "n_samples": 4, "batch_size": 8,
                  "n_time_points": 4},
 }

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import subprocess
 import threading
 import zipfile
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +21,30 @@ from hazematching.data import datasets
 from hazematching.data.datasets import DatasetPreset, SplitFolders
 from hazematching.data.pairs import PairedImages
 from hazematching.io import write_tiff
+
+
+@contextlib.contextmanager
+def read_only(folder: Path):
+    """`folder` refuses new entries for the block: mode 0o555, or for root (whom modes do not
+    stop) the immutable attribute (``chattr +i``); the test is skipped where neither works."""
+    folder.chmod(0o555)
+    immutable = False
+    try:
+        (folder / ".probe").touch()
+    except PermissionError:
+        pass
+    else:
+        (folder / ".probe").unlink()
+        if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
+            folder.chmod(0o755)
+            pytest.skip("cannot make a folder read-only here (root without chattr)")
+        immutable = True
+    try:
+        yield folder
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        folder.chmod(0o755)
 
 
 def make_pairs(n: int, size: int = 48, seed: int = 0) -> PairedImages:

@@ -146,7 +146,7 @@ def test_bad_budgets_fail_clearly(tmp_path, fields, message):
         _bench(tmp_path, **{"methods": [{"method": "rcan"}], **fields})
 
 
-@pytest.mark.parametrize("name", ["simulated", "ranking"])
+@pytest.mark.parametrize("name", ["simulated", "ranking", "quality_real"])
 def test_the_shipped_configs_are_valid(name):
     from pathlib import Path
 

@@ -56,3 +56,17 @@ def test_overrides():
         ModelConfig().with_overrides({"training.epoch": 3})
     with pytest.raises(ConfigError, match="method_options"):
         ModelConfig().with_overrides({"method_options.bogus": 1})
+
+
+def test_validation_cadence_precedence_and_at_least_one():
+    from hazematching.config import TrainingConfig
+
+    assert TrainingConfig().val_cadence == ("minutes", 5.0)
+    assert TrainingConfig(val_every_n_epochs=2).val_cadence == ("epochs", 2)
+    assert TrainingConfig(val_every_n_epochs=2, val_every_n_steps=100).val_cadence == (
+        "steps", 100)
+    with pytest.raises(ValueError, match="set one of val_every_n_steps, val_every_n_epochs or "
+                                         "val_every_minutes"):
+        TrainingConfig(val_every_minutes=None)
+    with pytest.raises(ConfigError, match="training.val_every_n_steps"):
+        ModelConfig().with_overrides({"training.val_every_n_steps": 0})

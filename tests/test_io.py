@@ -187,3 +187,30 @@ def test_staged_folders_follow_the_umask(tmp_path):
         assert stat.S_IMODE((tmp_path / "ds").stat().st_mode) == 0o755
     finally:
         os.umask(old)
+
+
+def test_ranks_of_one_run_share_the_lock_that_refuses_other_runs(tmp_path):
+    import subprocess
+    import sys
+
+    from hazematching.io import FolderInUseError, held_by_run
+
+    holder = subprocess.Popen(  # rank 0 of a distributed run, holding the folder's lock
+        [sys.executable, "-c", "import sys\nfrom hazematching.io import folder_lock\n"
+         "with folder_lock(sys.argv[1], 'rank 0'):\n    print('held', flush=True)\n"
+         "    sys.stdin.read()", str(tmp_path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(FolderInUseError, match="is in use by another hazematching"):
+            with folder_lock(tmp_path, "another run"):
+                pass
+        with held_by_run(tmp_path):  # a rank > 0 of the same run
+            with folder_lock(tmp_path, "rank 1"):
+                (tmp_path / "written").touch()
+        with pytest.raises(FolderInUseError):  # only for that block
+            with folder_lock(tmp_path, "another run"):
+                pass
+    finally:
+        holder.communicate("", timeout=60)
+    assert holder.returncode == 0

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from hazematching.config import ModelConfig
+from hazematching.data.tiling import TileGrid
 from hazematching.methods import build_method, register
 from hazematching.methods.base import Method
 from hazematching.noise_field import NoiseField
@@ -188,3 +189,119 @@ def test_weights_keep_their_layout_after_prediction():
     m = _method("hazematching", n_time_points=2)
     predict_planes(m, np.zeros((1, 1, 32, 32), np.float32), m.config.sampling, n_samples=1)
     assert all(p.is_contiguous() for p in m.parameters())
+
+
+def _count_forward_calls(m) -> list[int]:
+    """Counts the calls of the method's real network (a forward hook; nothing replaced)."""
+    calls = [0]
+    m.net.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+def test_progress_callback_counts_samples_of_tiles_up_to_the_total():
+    m = _method("hazematching", n_time_points=3)
+    x = np.random.default_rng(7).normal(size=(2, 1, 75, 41)).astype(np.float32)
+    seen = []
+    predict_planes(m, x, m.config.sampling, n_samples=3,
+                   progress_callback=lambda done, total: seen.append((done, total)))
+    n_tiles = 2 * len(list(TileGrid.make(75, 41, 32, 8, m.config.network.divisor).positions()))
+    total = n_tiles * 3
+    assert {t for _, t in seen} == {total}
+    # first before any work, then after every batch of 7 (tile, sample) items
+    assert [d for d, _ in seen] == [*range(0, total, 7), total]
+
+
+def test_an_error_from_the_progress_callback_stops_the_prediction_at_once():
+    m = _method("hazematching", n_time_points=3)
+    x = np.random.default_rng(8).normal(size=(1, 1, 64, 64)).astype(np.float32)
+    calls = _count_forward_calls(m)
+    predict_planes(m, x, m.config.sampling, n_samples=4)
+    full, calls[0] = calls[0], 0
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two_batches(done: int, total: int) -> None:
+        if done >= 14:
+            raise Stop
+
+    with pytest.raises(Stop):
+        predict_planes(m, x, m.config.sampling, n_samples=4,
+                       progress_callback=stop_after_two_batches)
+    n_tiles = len(list(TileGrid.make(64, 64, 32, 8, m.config.network.divisor).positions()))
+    n_batches = -(-n_tiles * 4 // 7)  # (tile, sample) items in batches of 7
+    assert n_batches > 2 and full % n_batches == 0
+    assert calls[0] == 2 * full // n_batches
+    assert all(p.is_contiguous() for p in m.parameters())  # the layout is given back
+
+
+@pytest.mark.parametrize("shape,sigma", [((90, 37), 1.5), ((64, 64), 0.6), ((5, 40), 2.0)])
+def test_variance_smoothed_in_bands_of_rows_equals_the_whole_plane(shape, sigma):
+    import torch
+
+    from hazematching.predict import _VarianceRows, smooth_variance
+
+    var = np.random.default_rng(9).uniform(0, 2, shape).astype(np.float32)
+    whole = smooth_variance(torch.from_numpy(var), sigma).numpy()
+    rows = _VarianceRows(shape, sigma)
+    cuts = [0, 3, 4, 20, 21, 50, shape[0]] if shape[0] > 50 else [0, 2, shape[0]]
+    parts = [rows.push(var[a:b], b == shape[0]) for a, b in zip(cuts, cuts[1:])]
+    assert [s for s, _ in parts] == sorted(s for s, _ in parts)
+    np.testing.assert_array_equal(np.concatenate([p for _, p in parts]), whole)
+
+
+class _Recorded:
+    """A real zarr array that records the rows of every write (a spy, not a stand-in)."""
+
+    def __init__(self, array):
+        self.array, self.writes = array, []
+        self.shape, self.chunks = array.shape, array.chunks
+
+    def __setitem__(self, key, value):
+        self.writes.append((key[0], key[-2].start, key[-2].stop))
+        self.array[key] = value
+
+
+def test_streaming_from_and_to_zarr_equals_in_memory_to_the_bit_one_write_per_chunk():
+    zarr = pytest.importorskip("zarr")
+    m = _method("test-noise-echo", seed=3, std_smoothing=1.0, batch_size=5, antithetic=True)
+    x = np.random.default_rng(10).normal(size=(2, 1, 75, 41)).astype(np.float32)
+    S = 4
+    samples = np.zeros((2, S, 75, 41), np.float32)
+    memory = predict_planes(m, x, m.config.sampling, n_samples=S, samples_out=samples)
+    src = zarr.array(x, chunks=(1, 1, 16, 16))
+    outs = {k: _Recorded(zarr.zeros(shape, chunks=(1,) * (len(shape) - 2) + (16, 16),
+                                    dtype="f4"))
+            for k, shape in (("mean", (2, 75, 41)), ("std", (2, 75, 41)),
+                             ("samples", (2, S, 75, 41)))}
+    res = predict_planes(m, src, m.config.sampling, n_samples=S, samples_out=outs["samples"],
+                         mean_out=outs["mean"], std_out=outs["std"])
+    assert res.mean is outs["mean"]
+    np.testing.assert_array_equal(outs["mean"].array[:], memory.mean)
+    np.testing.assert_array_equal(outs["std"].array[:], memory.std)
+    np.testing.assert_array_equal(outs["samples"].array[:], samples)
+    for out in outs.values():
+        assert all(a % 16 == 0 and (b % 16 == 0 or b == 75) for _, a, b in out.writes)
+        chunks = [(n, r // 16) for n, a, b in out.writes for r in range(a, b, 16)]
+        assert sorted(chunks) == [(n, r) for n in range(2) for r in range(5)]  # each once
+
+
+def test_peak_memory_does_not_grow_with_the_image_height(tmp_path):
+    import tracemalloc
+
+    zarr = pytest.importorskip("zarr")
+    m = _method("test-identity", tile_size=64, tile_overlap=16, batch_size=16)
+    peaks = []
+    for height in (256, 4096):
+        x = zarr.array(np.random.default_rng(11).normal(size=(1, 1, height, 256))
+                       .astype(np.float32), chunks=(1, 1, 64, 64))
+        out = zarr.open(str(tmp_path / f"{height}.zarr"), mode="w", shape=(1, height, 256),
+                        chunks=(1, 64, 64), dtype="f4")  # on disk: not in this process
+        tracemalloc.start()
+        predict_planes(m, x, m.config.sampling, mean_out=out)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        np.testing.assert_allclose(out[:], x[:, 0], atol=1e-5)
+    image_bytes = 4096 * 256 * 4
+    assert peaks[1] < 1.3 * peaks[0]
+    assert peaks[1] < 0.5 * image_bytes  # a few bands of tile rows

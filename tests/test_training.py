@@ -7,13 +7,18 @@ import sys
 import textwrap
 from pathlib import Path
 
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
 from helpers import make_pairs
+from torch.utils.data import DataLoader, TensorDataset
 
 from hazematching import Model
+from hazematching.methods import register
+from hazematching.methods.regression import Regression
 from hazematching.model_io import load_model_files
+from hazematching.training import read_checkpoint
 
 
 def _rows(out: Path) -> list[dict]:
@@ -42,13 +47,38 @@ def test_fit_logs_checkpoints_and_learns(tmp_path, tiny_config):
     assert m.training_summary["steps"] == 64 and m.training_summary["val_loss"] == min(val)
 
 
+@register
+class WorseningValidation(Regression):
+    """Regression whose validation loss grows with every validation batch: only the first
+    validation is ever the best."""
+
+    name = "test-worsening-validation"
+    n_validated = 0
+
+    def validation_loss(self, target, cond):
+        self.n_validated += 1
+        return torch.tensor(float(self.n_validated))
+
+
+def test_last_checkpoint_is_the_latest_step_when_validation_gets_worse(tmp_path, tiny_config):
+    cfg = tiny_config.with_overrides({"method": "test-worsening-validation",
+                                      "training.epochs": 3, "data.patches_per_epoch": 8})
+    Model(cfg).fit(make_pairs(3), make_pairs(2, seed=5), out_dir=tmp_path / "m")
+    checkpoints = tmp_path / "m" / "checkpoints"
+    assert read_checkpoint(checkpoints / "best.ckpt")["global_step"] == 2
+    assert read_checkpoint(checkpoints / "last.ckpt")["global_step"] == 6  # 3 epochs of 2
+
+
 def test_ema_weights_are_exported(tmp_path, tiny_config):
     out = tmp_path / "m"
     Model(tiny_config).fit(make_pairs(3), make_pairs(2, seed=5), out_dir=out)
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     ema, raw = ckpt["state_dict"], ckpt["current_model_state"]
-    key = next(k for k in ema if k.endswith("weight"))
-    assert not torch.equal(ema[key], raw[key])
+    # Weights behind the U-Net's zero-initialised layers have not moved yet after two steps
+    # (their average is then exactly them); the others have, and their average lags.
+    moved = [k for k in ema if not torch.equal(ema[k], raw[k])]
+    assert len(moved) > len(ema) // 4
+    key = moved[0]
     best = torch.load(out / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
     exported = load_model_files(out).method.state_dict()
     assert torch.equal(exported[key.removeprefix("method.")], best[key])
@@ -75,8 +105,9 @@ DDP_SCRIPT = textwrap.dedent("""
     cfg = ModelConfig.from_dict({{
         "data": {{"patch_size": 16, "patches_per_epoch": 16}},
         "network": {{"model_channels": 8, "channel_mult": [1, 2], "attention_downsample": [2]}},
+        # Validated after every step by time (60 µs): both ranks must agree on when.
         "training": {{"epochs": 2, "batch_size": 4, "progress_bar": False, "accelerator": "cpu",
-                      "devices": 2, "strategy": "ddp"}},
+                      "devices": 2, "strategy": "ddp", "val_every_minutes": 1e-6}},
         "sampling": {{"tile_size": 16, "tile_overlap": 4}}}})
     m = Model(cfg).fit(make_pairs(4, size=32), make_pairs(2, size=32, seed=5), out_dir=sys.argv[1])
     w = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in m.method.parameters()))
@@ -107,6 +138,7 @@ def test_ddp_two_cpu_processes(tmp_path):
     # only rank 0 wrote the model and logs
     assert by_rank[0]["wrote"] and not by_rank[1]["wrote"]
     assert len(list((out / "logs" / "csv").glob("version_*"))) == 1
+    assert _validated_steps(out) == [1, 2, 3, 4]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.parent == tmp_path
                 and p.name != "ddp_train.py"]
@@ -177,3 +209,96 @@ def test_finished_model_is_replaced_only_with_overwrite(tmp_path, tiny_config):
                                                         out_dir=out, resume=False, overwrite=True)
     assert (out / "weights.safetensors").read_bytes() != weights
     assert load_model_files(out).meta["epochs"] == 1
+
+
+def _cadence(config, **training):
+    """`config` with these training fields, None included (``with_overrides`` skips Nones)."""
+    raw = config.model_dump(mode="json")
+    raw["training"].update(training)
+    return type(config).from_dict(raw)
+
+
+def _validated_steps(out: Path) -> list[int]:
+    """The optimiser steps after which a validation loss was logged (the CSV's step column
+    counts the steps before the one that just finished)."""
+    return [int(r["step"]) + 1 for r in _rows(out) if r.get("val_loss")]
+
+
+def test_validation_every_n_steps_across_epochs_and_at_the_end(tmp_path, tiny_config):
+    cfg = _cadence(tiny_config.with_overrides({"training.epochs": 4, "data.patches_per_epoch": 8}),
+                   val_every_n_epochs=None, val_every_n_steps=3)  # 4 epochs of 2 steps
+    m = Model(cfg).fit(make_pairs(3), make_pairs(2, seed=5), out_dir=tmp_path / "m")
+    assert _validated_steps(tmp_path / "m") == [3, 6, 8]
+    assert m.training_summary["steps"] == 8 and m.training_summary["epochs"] == 4
+    assert read_checkpoint(tmp_path / "m" / "checkpoints" / "last.ckpt")["global_step"] == 8
+
+
+def test_default_cadence_validates_by_time_and_always_at_the_end(tmp_path, tiny_config):
+    cfg = _cadence(tiny_config.with_overrides({"training.epochs": 3, "data.patches_per_epoch": 8}),
+                   val_every_n_epochs=None)
+    assert cfg.training.val_cadence == ("minutes", 5.0)
+    Model(cfg).fit(make_pairs(3), make_pairs(2, seed=5), out_dir=tmp_path / "a")
+    assert _validated_steps(tmp_path / "a") == [6]  # 5 minutes never passed: only the end
+    checkpoints = tmp_path / "a" / "checkpoints"
+    assert read_checkpoint(checkpoints / "best.ckpt")["global_step"] == 6
+    assert read_checkpoint(checkpoints / "last.ckpt")["global_step"] == 6
+    every_step = _cadence(cfg, val_every_minutes=1e-6)  # 60 µs: less than any step takes
+    Model(every_step).fit(make_pairs(3), make_pairs(2, seed=5), out_dir=tmp_path / "b")
+    assert _validated_steps(tmp_path / "b") == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_from_a_checkpoint_written_mid_epoch(tmp_path, tiny_config):
+    out = tmp_path / "m"
+    cfg = _cadence(tiny_config.with_overrides({"training.epochs": 3, "data.patches_per_epoch": 8}),
+                   val_every_n_epochs=None, val_every_n_steps=4)
+    first = Model(cfg.with_overrides({"training.max_steps": 3})).fit(
+        make_pairs(3), make_pairs(2, seed=5), out_dir=out)
+    assert first.training_summary["steps"] == 3  # stopped in the middle of epoch 1
+    last = read_checkpoint(out / "checkpoints" / "last.ckpt")
+    assert (last["global_step"], last["epoch"]) == (3, 1)
+    (out / "model.json").unlink()  # as if the run had died before finishing
+    again = Model(cfg).fit(make_pairs(3), make_pairs(2, seed=5), out_dir=out)
+    assert again.training_summary["steps"] == 6 and again.training_summary["epochs"] == 3
+    assert read_checkpoint(out / "checkpoints" / "last.ckpt")["global_step"] == 6
+    # Validated after step 3 (epoch 1), then after steps 4 (epoch 1) and 6: no step twice.
+    assert [int(r["epoch"]) for r in _rows(out) if r.get("val_loss")] == [1, 1, 2]
+
+
+class _Linear(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 1)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return ((self.lin(x) - y) ** 2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class _RecordWeights(pl.Callback):
+    def __init__(self):
+        self.weights = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.weights.append([p.detach().clone() for p in pl_module.parameters()])
+
+
+def test_ema_is_the_warmed_up_average_of_the_weights():
+    from hazematching.training import EMA
+
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(12, 3), torch.randn(12, 1))
+    module, record = _Linear(), _RecordWeights()
+    trainer = pl.Trainer(max_steps=3, callbacks=[EMA(0.2), record], accelerator="cpu",
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.fit(module, DataLoader(data, batch_size=4))
+    w1, w2, w3 = record.weights
+    # The first update copies; the n-th after it uses decay min(0.2, (1 + n) / (10 + n)).
+    d2, d3 = 2 / 11, 0.2
+    expected = [d3 * (d2 * a + (1 - d2) * b) + (1 - d3) * c for a, b, c in zip(w1, w2, w3)]
+    assert not torch.allclose(expected[0], w3[0])
+    for got, want in zip(module.parameters(), expected, strict=True):  # EMA weights at the end
+        torch.testing.assert_close(got.detach(), want, rtol=1e-6, atol=1e-7)

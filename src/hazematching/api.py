@@ -6,12 +6,13 @@ Every method (HazeMatching and the baselines) goes through the same :class:`Mode
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import tifffile
 import torch
 
 from hazematching import calibration as cal
@@ -19,21 +20,31 @@ from hazematching.config import ModelConfig
 from hazematching.data.normalization import Normalizer
 from hazematching.data.pairs import PairedImages, load_pairs, resolve_split_dirs
 from hazematching.data.patches import FixedPatches, RandomPatches
+from hazematching.blocks import AxesView, MappedArray
 from hazematching.io import (
     ImageError,
+    ImageFile,
     atomic_path,
+    create_tiff,
     folder_lock,
     from_planes,
-    read_image,
+    is_zarr_path,
+    open_image,
     remove_stale_partials,
-    reserve_space,
     to_planes,
-    write_tiff,
 )
 from hazematching.methods import build_method
 from hazematching.methods.base import Method
 from hazematching.model_io import META_FILE, MODEL_FILES, load_model_files, save_model
-from hazematching.predict import predict_planes
+from hazematching.predict import ArrayLike, ProgressCallback, predict_planes
+
+if TYPE_CHECKING:
+    from lightning.pytorch import Callback
+
+
+#: Formats :meth:`Model.predict_file` writes, and the suffix of their outputs.
+OutputFormat = Literal["tiff", "zarr"]
+OUTPUT_SUFFIX: dict[str, str] = {"tiff": ".tif", "zarr": ".ome.zarr"}
 
 
 @dataclass
@@ -56,12 +67,14 @@ class Prediction:
 
 @dataclass
 class FileResult:
-    """One input of :meth:`Model.predict_files`: its outputs by kind (mmse, std, samples), and
-    whether they already existed from an earlier run (then nothing was computed)."""
+    """One input of :meth:`Model.predict_files`: its outputs by kind (mmse, std, samples),
+    whether they already existed from an earlier run (then nothing was computed), and the rank
+    of the process that predicted or skipped it (0 unless the run is distributed)."""
 
     source: Path
     outputs: dict[str, Path]
     skipped: bool
+    rank: int = 0
 
 
 @dataclass
@@ -135,7 +148,11 @@ class Model:
                  calibration: cal.Calibration | None = None, path: Path | None = None,
                  provenance: dict | None = None):
         self.config = config or ModelConfig()
-        self.method: Method = method if method is not None else build_method(self.config)
+        if method is None:  # initial weights drawn from training.seed, not the global RNG
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.config.training.seed)
+                method = build_method(self.config)
+        self.method: Method = method
         self.normalizer = normalizer
         self.calibration = calibration
         self.path = path
@@ -148,7 +165,8 @@ class Model:
     # ---------------------------------------------------------------- training
     def fit(self, train: str | Path | PairedImages | None = None,
             val: str | Path | PairedImages | None = None, *, out_dir: str | Path,
-            resume: bool = True, overwrite: bool = False) -> Model:
+            resume: bool = True, overwrite: bool = False,
+            callbacks: list[Callback] | None = None) -> Model:
         """Train on paired images and save the model directory to `out_dir`.
 
         Args:
@@ -161,6 +179,15 @@ class Model:
             resume: continue from ``out_dir/checkpoints/last.ckpt`` if present.
             overwrite: allow replacing a finished model in `out_dir` by a new training run
                 (without it, that is refused; continuing its training with `resume` is not).
+            callbacks: extra Lightning callbacks for the trainer, e.g. one that sets
+                ``trainer.should_stop`` to end the training early: Lightning then validates,
+                writes ``best.ckpt``/``last.ckpt`` (a run resumes from there) and the model is
+                saved as after a full run. Ignored by methods that are not trained.
+
+        A stochastic method is then calibrated on the validation images (unless
+        ``training.calibrate`` is off): crops of at most ``training.calibration_pixels`` pixels
+        are predicted with the model's sampling settings, the fit is stored with the model and
+        plotted to ``out_dir/calibration.png``.
 
         Raises:
             ValueError: invalid trainer settings (checked before anything is read), bad data,
@@ -191,7 +218,8 @@ class Model:
                                          seed=self.config.training.seed)
                 val_ds = FixedPatches(val_pairs, self.normalizer, d.patch_size)
                 trainer, best = train_loop(self.method, train_ds, val_ds, self.config.training,
-                                           out, num_workers=d.num_workers, resume=resume)
+                                           out, num_workers=d.num_workers, resume=resume,
+                                           callbacks=callbacks)
                 is_zero = trainer.is_global_zero
                 extra = {"best_checkpoint": best.name if best else None,
                          "val_loss": _best_score(trainer), "epochs": trainer.current_epoch,
@@ -201,11 +229,27 @@ class Model:
                                          "batches_per_epoch": len(trainer.train_dataloader)}
             else:
                 is_zero, extra = True, {}
+            if is_zero and self.method.stochastic and self.config.training.calibrate:
+                extra["calibration_fit"] = self._calibrate_after_training(val_pairs, out)
             if is_zero:
                 self.provenance = extra
                 save_model(out, self.method, self.normalizer, self.calibration, extra=extra)
                 self.path = out
         return self
+
+    def _calibrate_after_training(self, val: PairedImages, out: Path) -> dict[str, object]:
+        """Fit the calibration on crops of the validation pairs (at most
+        ``training.calibration_pixels`` pixels), plot it to ``out/calibration.png`` and return
+        what model.json records of it."""
+        cfg = self.config.training
+        side = min(_CALIBRATION_CROP, math.isqrt(cfg.calibration_pixels))
+        crops = val.crops(cfg.calibration_pixels, side, seed=cfg.seed)
+        device = "cpu" if cfg.accelerator == "cpu" else "auto"
+        rep = self.calibrate(crops, device=device, plot=out / "calibration.png", save=False,
+                             progress=cfg.progress_bar)
+        return {"images": len(val), "pixels": int(sum(t.size for t in crops.targets)),
+                "n_samples": self.n_samples_for(None), "ence_before": float(rep.ence_before),
+                "ence_after": float(rep.ence_after)}
 
     @staticmethod
     @contextlib.contextmanager
@@ -264,28 +308,46 @@ class Model:
             return 1
         return n_samples if n_samples is not None else self.config.sampling.n_samples
 
-    def _predict_planes(self, planes: np.ndarray, n_samples: int, device: str | None,
-                        samples_out: np.ndarray | None, progress: bool
-                        ) -> tuple[np.ndarray, np.ndarray | None]:
+    def _predict_planes(self, planes: ArrayLike, n_samples: int, device: str | None,
+                        samples_out: ArrayLike | None, progress: bool,
+                        progress_callback: ProgressCallback | None = None, *,
+                        mean_out: ArrayLike | None = None, std_out: ArrayLike | None = None
+                        ) -> tuple[ArrayLike, ArrayLike | None]:
         """The one prediction path: raw planes (N, C, Y, X) → MMSE and std (N, Y, X) in target
         intensity units (std calibrated if the model is; None for one sample or a deterministic
-        method). `samples_out` (N, S, Y, X), if given, receives the samples in target units."""
+        method), written into `mean_out` and `std_out` (default: new numpy arrays), which are
+        returned. `samples_out` (N, S, Y, X), if given, receives the samples in target units.
+
+        `planes` and the outputs may be arrays or block views of files
+        (:mod:`hazematching.blocks`): the input is normalised and the outputs are mapped back
+        to intensities a block at a time, as :func:`~hazematching.predict.predict_planes`
+        streams them. `progress_callback` as for that function."""
         norm = self._require_trained()
-        res = predict_planes(self.method, norm.normalize_input(planes), self.config.sampling,
-                             n_samples=n_samples, device=device, samples_out=samples_out,
-                             progress=progress)
-        if samples_out is not None:
-            for i in range(n_samples):  # one sample at a time: memory stays one sample's
-                samples_out[:, i] = norm.denormalize_target(samples_out[:, i])
-        std = res.std
-        if std is not None and self.calibration is not None:
-            std = self.calibration.apply(std)
-        return norm.denormalize_target(res.mean), None if std is None else std * np.float32(
-            norm.target.scale)
+        N, _, H, W = planes.shape
+        if mean_out is None:
+            mean_out = np.zeros((N, H, W), np.float32)
+        if std_out is None and self.method.stochastic and n_samples > 1:
+            std_out = np.zeros((N, H, W), np.float32)
+        calibration, scale = self.calibration, np.float32(norm.target.scale)
+
+        def to_std(std: np.ndarray) -> np.ndarray:
+            return (std if calibration is None else calibration.apply(std)) * scale
+
+        def mapped(out: ArrayLike | None, write) -> MappedArray | None:
+            return None if out is None else MappedArray(out, write=write)
+
+        predict_planes(self.method, MappedArray(planes, read=norm.normalize_input),
+                       self.config.sampling, n_samples=n_samples, device=device,
+                       samples_out=mapped(samples_out, norm.denormalize_target),
+                       mean_out=mapped(mean_out, norm.denormalize_target),
+                       std_out=mapped(std_out, to_std), progress=progress,
+                       progress_callback=progress_callback)
+        return mean_out, std_out
 
     def predict(self, image: np.ndarray, axes: str = "YX", *, n_samples: int | None = None,
                 return_samples: bool = False, device: str | None = "auto",
-                progress: bool = False) -> Prediction:
+                progress: bool = False,
+                progress_callback: ProgressCallback | None = None) -> Prediction:
         """Dehaze an image of any size.
 
         Args:
@@ -295,6 +357,11 @@ class Model:
                 is no spread, so ``std`` is None.
             return_samples: also return the samples (memory grows with n_samples).
             device: 'auto' (GPU if available), 'cpu', 'cuda', ….
+            progress: show a rich progress bar.
+            progress_callback: ``progress_callback(done, total)`` in work units (one sample of
+                one tile), first with 0 and then after each network batch; an exception it
+                raises stops the prediction and propagates (see
+                :func:`~hazematching.predict.predict_planes`).
         """
         self._require_trained()
         check_device(device)
@@ -302,7 +369,8 @@ class Model:
         planes = to_planes(np.asarray(image), axes)
         N, _, H, W = planes.shape
         samples = np.zeros((N, S, H, W), np.float32) if return_samples else None
-        mmse, std = self._predict_planes(planes, S, device, samples, progress)
+        mmse, std = self._predict_planes(planes, S, device, samples, progress,
+                                         progress_callback)
         ax = axes.upper()
         out_axes = ax.replace("C", "")
         if samples is not None:
@@ -329,100 +397,184 @@ class Model:
         return self
 
     def output_paths(self, path: str | Path, out_dir: str | Path, *,
-                     n_samples: int | None = None, save_samples: bool = False
+                     n_samples: int | None = None, save_samples: bool = False,
+                     output_format: OutputFormat = "tiff", stem: str | None = None
                      ) -> dict[str, Path]:
         """Where :meth:`predict_file` writes the outputs of `path`, by kind: ``mmse`` always,
-        ``std`` for stochastic methods with at least 2 samples, ``samples`` if asked. The stem
-        is the file name up to its first dot."""
+        ``std`` for stochastic methods with at least 2 samples, ``samples`` if asked, as
+        ``<stem>_<kind>.tif`` or, with ``output_format="zarr"``, ``<stem>_<kind>.ome.zarr``.
+        The stem is `stem`, else the file name up to its first dot."""
+        if output_format not in OUTPUT_SUFFIX:
+            raise ValueError(f"output format {output_format!r} is not one of "
+                             f"{', '.join(OUTPUT_SUFFIX)}")
         S = self.n_samples_for(n_samples)
-        stem = Path(path).name.split(".")[0]
+        stem = stem or Path(path).name.split(".")[0]
         kinds = ["mmse"] + (["std"] if self.method.stochastic and S > 1 else [])
         kinds += ["samples"] if save_samples and self.method.stochastic else []
-        return {k: Path(out_dir) / f"{stem}_{k}.tif" for k in kinds}
+        return {k: Path(out_dir) / f"{stem}_{k}{OUTPUT_SUFFIX[output_format]}" for k in kinds}
 
-    def _select_channels(self, image: np.ndarray, axes: str, channels: list[int] | None,
-                         path: Path) -> np.ndarray:
+    def _input_planes(self, image: ImageFile, channels: list[int] | None) -> AxesView:
+        """The planes (N, C, Y, X) of an open image with the model's input channels, read by
+        blocks.
+
+        `channels` asked of a 3-D image whose file has no axes metadata (guessed ZYX, e.g. a
+        paper-layout pair saved without metadata) are taken along its first axis: the file
+        states nothing that this overrides, and asking for a channel says that axis holds
+        them. A file whose metadata name another axis is never reinterpreted; the error says
+        to pass the axes."""
+        axes, path = image.axes, image.path
+        if (channels is not None and "C" not in axes and image.origin == "guessed"
+                and axes == "ZYX" and all(0 <= c < image.shape[0] for c in channels)):
+            image.relabel("CYX", origin="guessed")
+            axes = image.axes
         n_c = image.shape[axes.index("C")] if "C" in axes else 1
         if channels is not None:
             if "C" not in axes:
+                origin = {"file": "from the file's metadata", "given": "as given",
+                          "guessed": "guessed"}[image.origin]
                 raise ValueError(f"{path}: channels={channels} given but the image has no C "
-                                 f"axis (axes {axes!r})")
+                                 f"axis (axes {axes!r} {origin}, shape {image.shape}); if one "
+                                 f"of its axes holds the channels, name it: e.g. --axes CYX "
+                                 f"(Python: axes='CYX')")
             if any(not 0 <= c < n_c for c in channels):
                 raise ValueError(f"{path}: channels {channels} out of range for {n_c} channels")
-            image, n_c = np.take(image, channels, axis=axes.index("C")), len(channels)
+            n_c = len(channels)
         if n_c != self.config.in_channels:
             raise ImageError(f"{path}: has {n_c} channel(s) (axes {axes}, shape {image.shape}; "
                              f"an RGB file has one per colour) but the model takes "
                              f"{self.config.in_channels}; choose with --channel (Python: "
                              f"channels=[...]), e.g. --channel 1 for the widefield channel of "
                              f"a paper-layout pair")
-        return image
+        stack = "".join("N" if a in "ZTS" else a for a in axes)
+        return AxesView(image, stack, "NCYX",
+                        select=None if channels is None else {"C": channels})
+
+    def _create_outputs(self, outputs: contextlib.ExitStack, targets: dict[str, Path],
+                        image: ImageFile, n_planes: int, n_samples: int,
+                        output_format: OutputFormat) -> dict[str, AxesView]:
+        """Create each output of `targets` under a temporary name (renamed when `outputs`
+        closes without error: the samples first, the MMSE last) with the input's axes (minus C)
+        and pixel sizes; return views of them, (N, Y, X) and samples (N, S, Y, X)."""
+        out_axes = image.axes.replace("C", "")
+        plane = next((a for a in out_axes if a in "ZTS"), "")
+        H, W = image.shape[-2:]
+        sizes = {a: v for a, v in image.pixel_sizes.items() if a in out_axes}
+        lengths = {"N": n_planes, "K": n_samples, "Y": H, "X": W}
+        views = {}
+        for kind in ("mmse", "std", "samples"):
+            if kind not in targets:
+                continue
+            stored = out_axes.replace(plane, "N") if plane else out_axes
+            if kind == "samples":
+                # TIFF: (S, N, Y, X) as ImageJ's TZYX; NGFF: time first, then the sample axis.
+                stored = "KNYX" if output_format == "tiff" or plane == "Z" else (
+                    "NKYX" if plane else "KYX")
+            shape = tuple(lengths[a] for a in stored)
+            zarr = output_format == "zarr"
+            tmp = outputs.enter_context(atomic_path(targets[kind], directory=zarr))
+            if zarr:
+                from hazematching.ngff import create_ome_zarr
+
+                array = create_ome_zarr(tmp, shape, stored.replace("N", plane), sizes,
+                                        name=targets[kind].name.split(".")[0])
+            else:
+                file_axes = "TZYX" if kind == "samples" else out_axes
+                array = create_tiff(tmp, shape, file_axes, pixel_sizes=sizes)
+                outputs.callback(array.close)
+            views[kind] = AxesView(array, stored, "NKYX" if kind == "samples" else "NYX")
+        return views
 
     def predict_file(self, path: str | Path, out_dir: str | Path, *, axes: str | None = None,
                      channels: list[int] | None = None, n_samples: int | None = None,
                      save_samples: bool = False, overwrite: bool = False,
-                     device: str | None = "auto", progress: bool = False) -> dict[str, Path]:
-        """Dehaze one TIFF; write the files named by :meth:`output_paths` into `out_dir`.
+                     device: str | None = "auto", progress: bool = False,
+                     progress_callback: ProgressCallback | None = None,
+                     output_format: OutputFormat = "tiff", stem: str | None = None
+                     ) -> dict[str, Path]:
+        """Dehaze one TIFF or OME-Zarr image; write the outputs named by :meth:`output_paths`
+        into `out_dir`.
 
         Args:
-            path: input TIFF; axes from `axes` or the file.
+            path: input TIFF or ``.zarr``/``.ome.zarr`` folder; axes from `axes` or the file.
             channels: indices along the file's C axis to use as input, e.g. ``[1]`` for the
                 widefield channel of a paper-layout pair, or one colour of an RGB file
                 (default: every channel; their number must be the model's).
             n_samples: posterior samples; with 1 no std is written.
+            progress_callback: as for :meth:`predict`; an exception it raises stops the work
+                before any output exists under its final name (the partly written outputs
+                are removed).
+            output_format: 'tiff' (ImageJ TIFFs) or 'zarr' (OME-Zarr, NGFF 0.4, chunked
+                1 × 256 × 256 per plane); either keeps the input's axes and pixel sizes.
+            stem: name the outputs ``<stem>_<kind>`` (default: after the input).
 
-        ``<stem>_mmse.tif`` is written last: when it exists, its companions are complete. It is
-        never replaced unless `overwrite`; companions without it are left-overs of an
-        interrupted run and are replaced. Samples are streamed into a memory-mapped TIFF, so
-        memory does not grow with them. `out_dir` is locked meanwhile (:func:`folder_lock`).
-        Returns the written paths by kind.
+        The image is streamed: read a band of tile rows at a time and every output written
+        as its rows are done (:func:`~hazematching.predict.predict_planes`), so memory stays a
+        few bands whatever the image size. Each output is written under a temporary name in
+        `out_dir` and renamed when complete, ``<stem>_mmse`` last: when it exists, its
+        companions are complete. It is never replaced unless `overwrite`; companions without
+        it are left-overs of an interrupted run and are replaced. `out_dir` is locked meanwhile
+        (:func:`folder_lock`). Returns the written paths by kind.
         """
         self._require_trained()
         check_device(device)
         path, out_dir = Path(path), Path(out_dir)
         S = self.n_samples_for(n_samples)
-        targets = self.output_paths(path, out_dir, n_samples=S, save_samples=save_samples)
+        targets = self.output_paths(path, out_dir, n_samples=S, save_samples=save_samples,
+                                    output_format=output_format, stem=stem)
         with folder_lock(out_dir, "these predictions"):
             if targets["mmse"].exists() and not overwrite:
                 raise FileExistsError(f"{targets['mmse']} exists; pass overwrite=True (CLI: "
                                       f"--overwrite) or choose another output folder")
             remove_stale_partials(targets.values())
-            image, axes = read_image(path, axes)
-            planes = to_planes(self._select_channels(image, axes, channels, path), axes)
-            out_axes = axes.replace("C", "")
-            if "samples" in targets:
-                N, _, H, W = planes.shape
-                with atomic_path(targets["samples"]) as tmp:
-                    mm = tifffile.memmap(tmp, shape=(S, N, H, W), dtype=np.float32, imagej=True,
-                                         metadata={"axes": "TZYX"})
-                    reserve_space(tmp)
-                    mmse, std = self._predict_planes(planes, S, device, mm.transpose(1, 0, 2, 3),
-                                                     progress)
-                    mm.flush()
-                    del mm
-            else:
-                mmse, std = self._predict_planes(planes, S, device, None, progress)
-            if std is not None:
-                write_tiff(targets["std"], from_planes(std, axes), out_axes)
-            write_tiff(targets["mmse"], from_planes(mmse, axes), out_axes)
+            with open_image(path, axes) as image, contextlib.ExitStack() as outputs:
+                planes = self._input_planes(image, channels)
+                sinks = self._create_outputs(outputs, targets, image, planes.shape[0], S,
+                                             output_format)
+                self._predict_planes(planes, S, device, sinks.get("samples"), progress,
+                                     progress_callback, mean_out=sinks["mmse"],
+                                     std_out=sinks.get("std"))
         return targets
 
     def predict_files(self, paths: Sequence[str | Path], out_dir: str | Path, *,
                       axes: str | None = None, channels: list[int] | None = None,
                       n_samples: int | None = None, save_samples: bool = False,
                       overwrite: bool = False, device: str | None = "auto",
-                      progress: bool = False) -> Iterator[FileResult]:
-        """Dehaze many TIFFs into `out_dir`, resuming an interrupted run: yields one
-        :class:`FileResult` per input as it is done.
+                      progress: bool = False, progress_callback: ProgressCallback | None = None,
+                      devices: int | str | list[int] | None = None, num_nodes: int = 1,
+                      strategy: str = "auto", accelerator: str = "auto",
+                      output_format: OutputFormat = "tiff", stem: str | None = None
+                      ) -> Iterator[FileResult]:
+        """Dehaze many images (TIFF or OME-Zarr) into `out_dir`, resuming an interrupted run:
+        yields one :class:`FileResult` per input as it is done.
 
         Every input is checked to exist, and no two may write the same output name, before
         anything is computed. `out_dir` is locked for the whole run. An input whose outputs
         all exist is skipped (unless `overwrite`); one whose ``_mmse.tif`` exists but whose
-        other outputs do not (another run's options) is an error. Arguments as
-        :meth:`predict_file`.
+        other outputs do not (another run's options) is an error, raised before any work.
+        Arguments as :meth:`predict_file`; `progress_callback` counts the work of each input
+        anew (from 0 to that input's total).
+
+        With `devices` (and `num_nodes`, `strategy`, `accelerator`), the inputs are spread
+        over processes started as Lightning training starts them
+        (:func:`hazematching.distributed.start`): on one machine this command or script is run
+        once more per extra device; under torchrun or srun, give the devices per node and the
+        nodes they started. Rank 0 locks `out_dir` for the whole run and decides which inputs
+        remain; these are dealt round robin, each process predicting whole files on its own
+        device (`device` must stay 'auto'; the progress bar shows on rank 0 only). The noise
+        depends on (seed, plane, sample, pixel) only, so the outputs are one process's. Rank 0
+        yields every input's result, its own as they are done and the other ranks' once all
+        are done; the other ranks yield their own. An error stops its rank only: the others
+        finish their files, then rank 0 raises
+        :class:`~hazematching.distributed.RankFailedError` quoting it.
         """
+        from hazematching import distributed
+
         self._require_trained()
         check_device(device)
+        if devices is not None and device not in (None, "auto"):
+            raise ValueError(f"device={device!r} is the one device of a single process; with "
+                             f"devices={devices!r} each process takes its own: choose their "
+                             f"kind with accelerator (CLI: --accelerator gpu) instead")
         S = self.n_samples_for(n_samples)
         plan: dict[Path, dict[str, Path]] = {}
         by_output: dict[Path, Path] = {}
@@ -431,34 +583,83 @@ class Model:
             if p.resolve() in seen:
                 continue
             seen.add(p.resolve())
-            if not p.is_file():
+            if not (p.is_file() or is_zarr_path(p)):
                 raise ImageError(f"{p}: no such file")
-            plan[p] = self.output_paths(p, out_dir, n_samples=S, save_samples=save_samples)
+            plan[p] = self.output_paths(p, out_dir, n_samples=S, save_samples=save_samples,
+                                        output_format=output_format, stem=stem)
             first = by_output.setdefault(plan[p]["mmse"], p)
             if first != p:
                 raise ValueError(f"{first} and {p} would both be written as "
                                  f"{plan[p]['mmse']}; predict them into separate output "
                                  f"folders")
-        with folder_lock(out_dir, "these predictions"):
-            for p, targets in plan.items():
-                if targets["mmse"].exists() and not overwrite:
-                    missing = [t.name for t in targets.values() if not t.exists()]
-                    if missing:
-                        raise FileExistsError(
-                            f"{targets['mmse']} exists but {', '.join(missing)} does not (an "
-                            f"earlier run with other options); pass --overwrite (Python: "
-                            f"overwrite=True) to predict {p} again")
-                    remove_stale_partials(targets.values())
-                    yield FileResult(p, targets, skipped=True)
-                    continue
-                try:
-                    written = self.predict_file(p, out_dir, axes=axes, channels=channels,
-                                                n_samples=S, save_samples=save_samples,
-                                                overwrite=True, device=device, progress=progress)
-                except Exception as err:
-                    err.add_note(f"while processing {p}")  # named by the CLI's crash guard
-                    raise
-                yield FileResult(p, written, skipped=False)
+        ranks = distributed.start(devices, num_nodes=num_nodes, strategy=strategy,
+                                  accelerator=accelerator)
+        mine: list[FileResult] = []
+        error: BaseException | None = None
+        with ranks.folder_lock(out_dir, "these predictions"):
+            todo = ranks.from_rank_zero(lambda: self._finished_inputs(plan, overwrite))
+            pending = [p for p, _, finished in todo if not finished]
+            owned = {p for i, p in enumerate(pending) if ranks.owns(i)}
+            try:
+                for p, targets, finished in todo:
+                    if finished:
+                        if ranks.rank == 0:
+                            yield FileResult(p, targets, skipped=True)
+                        continue
+                    if p not in owned:
+                        continue
+                    try:
+                        written = self.predict_file(
+                            p, out_dir, axes=axes, channels=channels, n_samples=S,
+                            save_samples=save_samples, overwrite=True,
+                            device=ranks.device or device, progress=progress and ranks.rank == 0,
+                            progress_callback=progress_callback, output_format=output_format,
+                            stem=stem)
+                    except Exception as err:
+                        err.add_note(f"while processing {p}")  # named by the CLI's crash guard
+                        raise
+                    mine.append(FileResult(p, written, skipped=False, rank=ranks.rank))
+                    yield mine[-1]
+            # Kept for after the lock: the other ranks wait for this one's report. GeneratorExit:
+            # the caller stopped iterating.
+            except (Exception, GeneratorExit) as err:
+                error = err
+        reports = ranks.gather((mine, None if error is None else distributed.describe(error)))
+        if error is not None:
+            raise error
+        if ranks.rank == 0:
+            for theirs, _ in reports[1:]:
+                yield from theirs
+            failed = [f"rank {r} of {ranks.world_size} failed: {why}"
+                      for r, (_, why) in enumerate(reports) if why]
+            if failed:
+                raise distributed.RankFailedError(
+                    "; ".join(failed) + "; the outputs written are complete: run the same "
+                    "command again to predict the rest")
+
+    @staticmethod
+    def _finished_inputs(plan: dict[Path, dict[str, Path]], overwrite: bool
+                         ) -> list[tuple[Path, dict[str, Path], bool]]:
+        """`plan`'s inputs and outputs in order, each marked finished when its outputs all
+        exist (never with `overwrite`); a killed run's temporary files of finished inputs are
+        removed. Call it holding the output folder's lock.
+
+        Raises:
+            FileExistsError: an input's ``_mmse.tif`` exists but its other outputs do not.
+        """
+        todo = []
+        for p, targets in plan.items():
+            finished = targets["mmse"].exists() and not overwrite
+            if finished:
+                missing = [t.name for t in targets.values() if not t.exists()]
+                if missing:
+                    raise FileExistsError(
+                        f"{targets['mmse']} exists but {', '.join(missing)} does not (an "
+                        f"earlier run with other options); pass --overwrite (Python: "
+                        f"overwrite=True) to predict {p} again")
+                remove_stale_partials(targets.values())
+            todo.append((p, targets, finished))
+        return todo
 
     # ------------------------------------------------------------- calibration
     def calibrate(self, val: str | Path | PairedImages, *, n_samples: int | None = None,
@@ -541,6 +742,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Model:
 
 #: model.json fields that describe how the model was made (see :attr:`Model.provenance`).
 _PROVENANCE_FIELDS = ("best_checkpoint", "val_loss", "epochs", "steps")
+#: Side (px) of the validation crops the calibration after training predicts: the paper's tile.
+_CALIBRATION_CROP = 128
 
 
 def _best_score(trainer) -> float | None:

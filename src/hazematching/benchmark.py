@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hazematching.api import Model, load_model
@@ -191,8 +190,11 @@ def entry_config(bench: BenchmarkConfig, entry: MethodEntry) -> ModelConfig:
     config = base.with_overrides({"method": entry.method, **bench.set, **entry.set},
                                  source=f"benchmark method {entry.name!r}")
     budget = (entry.budget or Budget()).over(bench.budget)
-    return config.with_overrides(budget.overrides(config),
-                                 source=f"benchmark budget of {entry.name!r}")
+    # The benchmark calibrates every model itself, on the whole validation folder and with its
+    # evaluation's samples per pixel: the calibration `fit` does by default would be redone.
+    limits = {**budget.overrides(config),
+              **({"training.calibrate": False} if bench.calibrate else {})}
+    return config.with_overrides(limits, source=f"benchmark budget of {entry.name!r}")
 
 
 def _test_dir(bench: BenchmarkConfig, test: Path) -> Path:
@@ -250,7 +252,6 @@ def run_benchmark(bench: BenchmarkConfig, *, device: str = "auto") -> Path:
             config = entry_config(bench, entry)
             t = config.training
             _log(f"{label}: training (max_steps {t.max_steps}, max_minutes {t.max_minutes})")
-            torch.manual_seed(t.seed)  # the initial weights, drawn when the method is built
             model = Model(config).fit(train_dir, val_dir, out_dir=model_dir)
             if model.training_summary:
                 _log(f"{label}: trained {model.training_summary['steps']} optimiser steps, "

@@ -116,13 +116,60 @@ class TrainingConfig(_Strict):
     t_sampling: Literal["grid", "uniform"] = Field(
         "grid", description="'grid': t drawn from linspace(0, 1, n_time_points) as in the paper.")
     n_time_points: int = Field(20, ge=2)
+    t0_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Share of training times set to t = 0 before the "
+        "draw above (flow methods). There the flow-matching loss is a regression of the "
+        "posterior mean (x0 + v(0, x0, y) → E[x1 | y]), so this trains the one-call MMSE "
+        "estimate that sampling.mmse = 't0' uses.")
     seed: int = 0
     accelerator: str = "auto"
     devices: int | str = "auto"
     strategy: str = "auto"
-    val_every_n_epochs: int = Field(1, ge=1)
+    val_every_n_steps: int | None = Field(
+        None, ge=1, description="Validate, and write the best/last checkpoints, every N "
+        "optimiser steps counted across epochs (reproducible). Takes precedence over the two "
+        "below.")
+    val_every_n_epochs: int | None = Field(
+        None, ge=1, description="Validate and write the checkpoints at the end of every N-th "
+        "epoch. Takes precedence over val_every_minutes. An epoch of a small data set can be "
+        "a few steps (see data.patches_per_epoch): validating that often costs more than the "
+        "training itself.")
+    val_every_minutes: float | None = Field(
+        5.0, gt=0, description="Validate and write the checkpoints once this much time has "
+        "passed since the previous validation: the cost of validating stays a small fraction "
+        "of the training whatever the epoch length, and an interruption loses at most this "
+        "much training. Training also ends with a validation and checkpoints (except "
+        "between the multiples of val_every_n_epochs > 1).")
+    log_every_n_steps: int = Field(50, ge=1, description="Write the training loss to the CSV "
+                                   "and TensorBoard logs every N optimiser steps.")
     limit_val_batches: int | float = 1.0
     progress_bar: bool = True
+    calibrate: bool = Field(
+        True, description="After training a stochastic method, fit the std calibration "
+        "(RMSE ≈ a·RMV + b) on the validation images, which training never sees, and store it "
+        "with the model, so that its std is calibrated without a separate `calibrate` run.")
+    calibration_pixels: int = Field(
+        65536, ge=1024, description="Validation pixels (per plane crops, spread over the "
+        "images) that the calibration after training predicts with the model's sampling "
+        "settings: bounds its cost (pixels × samples × solver calls).")
+
+    @model_validator(mode="after")
+    def _some_cadence(self) -> TrainingConfig:
+        if (self.val_every_n_steps, self.val_every_n_epochs, self.val_every_minutes) == (
+                None, None, None):
+            raise ValueError("set one of val_every_n_steps, val_every_n_epochs or "
+                             "val_every_minutes: validation is what writes the checkpoints")
+        return self
+
+    @property
+    def val_cadence(self) -> tuple[Literal["steps", "epochs", "minutes"], float]:
+        """When validation (and checkpointing) runs: ``("steps", N)``, ``("epochs", N)`` or
+        ``("minutes", M)``, the first field set in that order of precedence."""
+        if self.val_every_n_steps is not None:
+            return "steps", self.val_every_n_steps
+        if self.val_every_n_epochs is not None:
+            return "epochs", self.val_every_n_epochs
+        return "minutes", float(self.val_every_minutes)  # not None: see _some_cadence
 
 
 class SamplingConfig(_Strict):

@@ -4,14 +4,17 @@ Work is a stream of (tile, sample) items cut into full network batches, so the n
 runs at the configured batch size however many samples or tiles there are. Per tile, the sum and
 sum of squares of its samples are accumulated (float64) until its last sample arrives; then its
 mean and std are blended into the output with a smooth window and the accumulators are freed.
-Peak memory is therefore the outputs plus a few tiles, independent of the number of samples.
+Peak memory is therefore a few bands of tile rows, independent of the number of samples and of
+the image size: the input is read and the outputs are written a band at a time (from and to
+numpy arrays, zarr arrays or files: :mod:`hazematching.blocks`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,6 +25,12 @@ from hazematching.config import SamplingConfig
 from hazematching.data.tiling import TileGrid
 from hazematching.methods.base import Method
 from hazematching.noise_field import NoiseField
+
+#: ``progress_callback(done, total)`` of the prediction functions: work units (one sample of one
+#: tile each) done so far, of the total; an exception it raises stops the prediction.
+ProgressCallback = Callable[[int, int], None]
+#: A numpy array or anything indexed like one by blocks (a zarr array, a view of a file).
+ArrayLike = Any
 
 
 @dataclass
@@ -115,56 +124,75 @@ def _channels_last(method: Method) -> Iterator[None]:
 
 
 @torch.inference_mode()
-def predict_planes(method: Method, planes: np.ndarray, sampling: SamplingConfig, *,
+def predict_planes(method: Method, planes: ArrayLike, sampling: SamplingConfig, *,
                    n_samples: int | None = None, device: str | torch.device | None = None,
-                   samples_out: np.ndarray | None = None, progress: bool = False
+                   samples_out: ArrayLike | None = None, progress: bool = False,
+                   progress_callback: ProgressCallback | None = None,
+                   mean_out: ArrayLike | None = None, std_out: ArrayLike | None = None
                    ) -> PlanePrediction:
-    """Predict normalised planes tile by tile.
+    """Predict normalised planes tile by tile, streaming from `planes` into the outputs.
 
     Args:
         method: a trained method (its weights on any device; moved to `device`).
-        planes: normalised conditions (N, C, Y, X) float32, any Y, X >= 1.
+        planes: normalised conditions (N, C, Y, X) float32, any Y, X >= 1: a numpy array or
+            anything with ``.shape`` whose ``planes[n:n + 1, :, y0:y1]`` gives a numpy block
+            (a zarr array, an :class:`~hazematching.blocks.AxesView` of a file). It is read
+            one band of tile rows at a time.
         sampling: tile size/overlap, batch size, seed, precision, solver settings, and how the
             MMSE is formed (``sampling.mmse``).
         n_samples: posterior samples per pixel (stochastic methods; default sampling.n_samples).
             Deterministic methods always use one.
         device: 'auto', 'cpu', 'cuda', ….
-        samples_out: optional writable array (N, S, Y, X) (e.g. a TIFF memmap) that receives
-            each stitched posterior sample; it is zeroed here.
+        samples_out: optional writable array (N, S, Y, X) (e.g. a view of a file) that receives
+            each stitched posterior sample.
         progress: show a rich progress bar.
+        progress_callback: called as ``progress_callback(done, total)`` in work units, one unit
+            being one sample of one tile: first with ``done = 0`` before any work, then after
+            each network batch (``done`` increasing up to ``total`` = planes × tiles per plane
+            × samples). An exception it raises stops the prediction at once and propagates
+            (e.g. to cancel it); the outputs are then partly written.
+        mean_out, std_out: optional writable arrays (N, Y, X) for the mean and std (std only
+            with two samples or more); default new numpy arrays.
 
     Returns:
         :class:`PlanePrediction` with mean (N, Y, X) and std (N, Y, X), both float32 in
-        normalised units; std is None for deterministic methods and for a single sample.
+        normalised units (`mean_out`/`std_out` when given); std is None for deterministic
+        methods and for a single sample.
+
+    The outputs are written row by row as they become final: once a row of tiles is done, the
+    rows above the next row of tiles are normalised by the blending weights and written, in
+    blocks that start and end on the outputs' chunk rows (``.chunks``, e.g. of a zarr array),
+    so that every chunk is written once, by one writer. Memory thus holds a few bands of rows,
+    whatever the image size; the values are the same as if the whole plane were stitched at
+    once, to the bit.
 
     Methods with ``takes_noise`` start every sample of a plane from one noise field over the
     whole plane (:class:`~hazematching.noise_field.NoiseField`), cut into the tiles, so that a
     stitched sample is one coherent sample and the same seed gives the same field whatever the
     tiling or batching.
     """
-    if planes.ndim != 4:
-        raise ValueError(f"planes must be (N, C, Y, X), got shape {planes.shape}")
+    if len(getattr(planes, "shape", ())) != 4:
+        raise ValueError(f"planes must be (N, C, Y, X), got shape "
+                         f"{tuple(getattr(planes, 'shape', ()))}")
     dev = resolve_device(device)
     method = method.to(dev).eval()
     S = (n_samples or sampling.n_samples) if method.stochastic else 1
-    N, C, H, W = planes.shape
+    N, C, H, W = (int(n) for n in planes.shape)
     grid = TileGrid.make(H, W, sampling.tile_size, sampling.tile_overlap,
                          method.config.network.divisor)
-    padded = grid.pad(planes.astype(np.float32, copy=False))
-    window = grid.window()
     th, tw = grid.tile_h, grid.tile_w
-    ph, pw = grid.padded
-    wsum = np.zeros((ph, pw), np.float32)
-    for y, x in grid.positions():
-        wsum[y:y + th, x:x + tw] += window
-    mean = np.zeros((N, ph, pw), np.float32)
-    var = np.zeros((N, ph, pw), np.float32) if S > 1 else None
-    sample_acc = None
-    if samples_out is not None:
-        if samples_out.shape != (N, S, H, W):
-            raise ValueError(f"samples_out must have shape {(N, S, H, W)}, got "
-                             f"{samples_out.shape}")
-        sample_acc = np.zeros((S, ph, pw), np.float32)
+    if mean_out is None:
+        mean_out = np.zeros((N, H, W), np.float32)
+    if S > 1 and std_out is None:
+        std_out = np.zeros((N, H, W), np.float32)
+    for name, out, shape in (("mean_out", mean_out, (N, H, W)),
+                             ("std_out", std_out if S > 1 else None, (N, H, W)),
+                             ("samples_out", samples_out, (N, S, H, W))):
+        if out is not None and tuple(out.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(out.shape)}")
+    stitch = _Stitcher(grid, S, sampling.std_smoothing, mean_out, std_out if S > 1 else None,
+                       samples_out)
+    source = _TileSource(planes, grid)
 
     tiles = [(n, y, x) for n in range(N) for (y, x) in grid.positions()]
     item_tile = np.repeat(np.arange(len(tiles)), S)
@@ -180,20 +208,19 @@ def predict_planes(method: Method, planes: np.ndarray, sampling: SamplingConfig,
     open_tiles: dict[int, TileMoments] = {}
 
     def finish(ti: int) -> None:
-        acc = open_tiles.pop(ti)
-        n, y, x = tiles[ti]
-        m, v = acc.mean_var(sampling.mmse, sampling.std)
-        mean[n, y:y + th, x:x + tw] += window * m.float().cpu().numpy()
-        if var is not None and v is not None:
-            var[n, y:y + th, x:x + tw] += window * v.float().cpu().numpy()
+        m, v = open_tiles.pop(ti).mean_var(sampling.mmse, sampling.std)
+        stitch.add_moments(tiles[ti], m.float().cpu().numpy(),
+                           None if v is None else v.float().cpu().numpy())
 
-    bar = _progress(progress, len(item_tile), "sampling" if method.stochastic else "predicting")
+    total, done = len(item_tile), 0
+    if progress_callback is not None:
+        progress_callback(0, total)
+    bar = _progress(progress, total, "sampling" if method.stochastic else "predicting")
     with bar as (prog, task), _channels_last(method):
-        current_plane = 0
         for sl in _batches(len(item_tile), sampling.batch_size or default_batch_size(dev)):
             ti_b = item_tile[sl]
-            cond = np.stack([padded[tiles[i][0], :, tiles[i][1]:tiles[i][1] + th,
-                                    tiles[i][2]:tiles[i][2] + tw] for i in ti_b])
+            source.keep({tiles[i][:2] for i in ti_b})
+            cond = np.stack([source.tile(*tiles[i]) for i in ti_b])
             cond_t = torch.from_numpy(cond).to(dev, non_blocking=True)
             cond_t = cond_t.contiguous(memory_format=torch.channels_last)
             estimate = None
@@ -213,36 +240,233 @@ def predict_planes(method: Method, planes: np.ndarray, sampling: SamplingConfig,
                 acc = open_tiles.setdefault(int(ti), TileMoments((th, tw), dev, use_estimate))
                 acc.add(out.index_select(0, rows),
                         None if estimate is None else estimate.index_select(0, rows))
-            if sample_acc is not None:
+            if samples_out is not None:
                 outs = out.float().cpu().numpy()
                 for k, i in enumerate(ti_b):
-                    n, y, x = tiles[i]
-                    if n != current_plane:
-                        _flush_samples(samples_out, sample_acc, wsum, current_plane, H, W)
-                        current_plane = n
-                    sample_acc[item_sample[sl][k], y:y + th, x:x + tw] += window * outs[k]
+                    stitch.add_sample(tiles[i], int(item_sample[sl][k]), outs[k])
             for ti in [t for t, a in open_tiles.items() if a.n == S]:
                 finish(ti)
             prog.advance(task, len(ti_b))
-    if sample_acc is not None:
-        _flush_samples(samples_out, sample_acc, wsum, current_plane, H, W)
-    mean = (mean / wsum)[:, :H, :W]
-    if var is not None:
-        # Over the padded plane, so that the image border is smoothed with mirrored values.
-        var = smooth_variance(torch.from_numpy(var / wsum), sampling.std_smoothing).numpy()
-    std = None if var is None else np.sqrt(var)[:, :H, :W]
-    return PlanePrediction(mean=np.ascontiguousarray(mean), std=None if std is None
-                           else np.ascontiguousarray(std))
+            done += len(ti_b)
+            if progress_callback is not None:
+                progress_callback(done, total)
+    return PlanePrediction(mean=mean_out, std=std_out if S > 1 else None)
 
 
-def smooth_variance(var: Tensor, sigma: float) -> Tensor:
+class _TileSource:
+    """Tiles of the padded planes, cut from bands of tile rows read from `planes` (each band
+    once, mirrored at the bottom/right as :meth:`TileGrid.pad` pads)."""
+
+    def __init__(self, planes: ArrayLike, grid: TileGrid):
+        self.planes, self.grid = planes, grid
+        self.bands: dict[tuple[int, int], np.ndarray] = {}
+        self.cols = _symmetric(np.arange(grid.padded[1]), grid.width)
+
+    def keep(self, keys: set[tuple[int, int]]) -> None:
+        """Forget the bands no tile of `keys` (plane, y) needs."""
+        for key in [k for k in self.bands if k not in keys]:
+            del self.bands[key]
+
+    def tile(self, n: int, y: int, x: int) -> np.ndarray:
+        band = self.bands.get((n, y))
+        if band is None:
+            rows = _symmetric(np.arange(y, y + self.grid.tile_h), self.grid.height)
+            lo, hi = int(rows.min()), int(rows.max()) + 1
+            block = np.asarray(self.planes[n:n + 1, :, lo:hi])[0].astype(np.float32, copy=False)
+            band = self.bands[(n, y)] = block[:, rows - lo][:, :, self.cols]
+        return band[:, :, x:x + self.grid.tile_w]
+
+
+def _symmetric(index: np.ndarray, n: int) -> np.ndarray:
+    """Indices into a length-`n` axis of an axis extended by mirroring (numpy's 'symmetric'
+    padding: ``n`` → ``n - 1``, ``n + 1`` → ``n - 2``, …, repeated with period 2n)."""
+    m = index % (2 * n)
+    return np.where(m < n, m, 2 * n - 1 - m)
+
+
+class _Band:
+    """The unfinished rows [start, start + rows) of one padded plane: sums of window-weighted
+    tile means, variances and samples."""
+
+    def __init__(self, width: int, n_samples: int, var: bool, samples: bool):
+        self.start, self.rows, self.width = 0, 0, width
+        self.mean = np.zeros((0, width), np.float32)
+        self.var = np.zeros((0, width), np.float32) if var else None
+        self.samples = np.zeros((n_samples, 0, width), np.float32) if samples else None
+
+    def ensure(self, stop: int) -> None:
+        """Cover the rows up to `stop` (zeros for new ones)."""
+        more = stop - self.start - self.rows
+        if more <= 0:
+            return
+        self.mean = np.concatenate([self.mean, np.zeros((more, self.width), np.float32)])
+        if self.var is not None:
+            self.var = np.concatenate([self.var, np.zeros((more, self.width), np.float32)])
+        if self.samples is not None:
+            s = self.samples
+            self.samples = np.concatenate([s, np.zeros((s.shape[0], more, self.width),
+                                                       np.float32)], axis=1)
+        self.rows += more
+
+    def pop(self, stop: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Take the rows before `stop` out of the band."""
+        k = stop - self.start
+        out = (self.mean[:k], None if self.var is None else self.var[:k],
+               None if self.samples is None else self.samples[:, :k])
+        self.mean = self.mean[k:].copy()
+        self.var = None if self.var is None else self.var[k:].copy()
+        self.samples = None if self.samples is None else self.samples[:, k:].copy()
+        self.start, self.rows = stop, self.rows - k
+        return out
+
+
+class _Stitcher:
+    """Blends finished tiles into bands of rows per plane and writes every row once no later
+    tile can touch it: after the last tile of a tile row, the rows above the next tile row."""
+
+    def __init__(self, grid: TileGrid, n_samples: int, sigma: float, mean_out: ArrayLike,
+                 std_out: ArrayLike | None, samples_out: ArrayLike | None):
+        self.grid, self.n_samples, self.sigma = grid, n_samples, sigma
+        self.window = grid.window()
+        self.next_row = dict(zip(grid.ys, (*grid.ys[1:], grid.padded[0]), strict=True))
+        self.bands: dict[int, _Band] = {}
+        self.smoothers: dict[int, _VarianceRows] = {}
+        self.mean = _RowWriter(mean_out, grid.height)
+        self.std = None if std_out is None else _RowWriter(std_out, grid.height)
+        self.samples = None if samples_out is None else _RowWriter(samples_out, grid.height)
+
+    def _band(self, n: int, y: int) -> _Band:
+        band = self.bands.get(n)
+        if band is None:
+            band = self.bands[n] = _Band(self.grid.padded[1], self.n_samples,
+                                         self.std is not None, self.samples is not None)
+        band.ensure(y + self.grid.tile_h)
+        return band
+
+    def add_sample(self, tile: tuple[int, int, int], sample: int, values: np.ndarray) -> None:
+        n, y, x = tile
+        band = self._band(n, y)
+        r = y - band.start
+        band.samples[sample, r:r + self.grid.tile_h, x:x + self.grid.tile_w] += \
+            self.window * values
+
+    def add_moments(self, tile: tuple[int, int, int], mean: np.ndarray,
+                    var: np.ndarray | None) -> None:
+        """Blend a finished tile's mean (and variance) in; tiles come in row-major order."""
+        n, y, x = tile
+        band = self._band(n, y)
+        r, th, tw = y - band.start, self.grid.tile_h, self.grid.tile_w
+        band.mean[r:r + th, x:x + tw] += self.window * mean
+        if band.var is not None and var is not None:
+            band.var[r:r + th, x:x + tw] += self.window * var
+        if x == self.grid.xs[-1]:
+            self._flush(n, self.next_row[y])
+
+    def _weights(self, start: int, stop: int) -> np.ndarray:
+        """Σ of the tile windows over padded rows [start, stop), added in tile order (as over
+        the whole plane, so the sums are the same to the bit)."""
+        g = self.grid
+        w = np.zeros((stop - start, g.padded[1]), np.float32)
+        for y, x in g.positions():
+            lo, hi = max(y, start), min(y + g.tile_h, stop)
+            if lo < hi:
+                w[lo - start:hi - start, x:x + g.tile_w] += self.window[lo - y:hi - y]
+        return w
+
+    def _flush(self, n: int, stop: int) -> None:
+        g = self.grid
+        band = self.bands[n]
+        start = band.start
+        last = stop == g.padded[0]
+        wsum = self._weights(start, stop)
+        mean, var, samples = band.pop(stop)
+        H, W = g.height, g.width
+        if start < H:
+            h = min(stop, H) - start
+            self.mean.write(n, start, (mean / wsum)[:h, :W])
+            if samples is not None:
+                self.samples.write(n, start, (samples / wsum)[:, :h, :W])
+        if var is not None:
+            if self.sigma > 0:
+                rows = self.smoothers.setdefault(n, _VarianceRows(g.padded, self.sigma))
+                start, var = rows.push(var / wsum, last)
+            else:
+                var = var / wsum
+            if start < H and len(var):
+                h = min(start + len(var), H) - start
+                self.std.write(n, start, np.sqrt(var)[:h, :W])
+        if last:
+            del self.bands[n]
+            self.smoothers.pop(n, None)
+
+
+class _VarianceRows:
+    """Gaussian smoothing (:func:`smooth_variance`) of a plane's variance arriving in bands
+    of rows: a row is smoothed once the rows within 3σ below it have arrived, from those rows
+    and the ones above, so each row gets exactly the values smoothing the whole plane gives."""
+
+    def __init__(self, padded: tuple[int, int], sigma: float):
+        self.height, self.sigma = padded[0], sigma
+        self.radius = int(np.ceil(3 * sigma))
+        self.mode = "reflect" if min(padded) > self.radius else "replicate"
+        self.first, self.done = 0, 0
+        self.rows = np.zeros((0, padded[1]), np.float32)
+
+    def push(self, rows: np.ndarray, last: bool) -> tuple[int, np.ndarray]:
+        """Add the next normalised variance rows; return (first row, smoothed rows) ready."""
+        r = self.radius
+        self.rows = np.concatenate([self.rows, rows])
+        top = self.first + len(self.rows)
+        stop = self.height if last else max(self.done, top - r)
+        if stop == self.done:  # no row has all its neighbours yet
+            return self.done, self.rows[:0]
+        lo = max(0, self.done - r)
+        part = torch.from_numpy(self.rows[lo - self.first:min(top, stop + r) - self.first])
+        out = smooth_variance(part, self.sigma, mode=self.mode).numpy()
+        start, self.done = self.done, stop
+        drop = max(0, stop - r) - self.first
+        self.rows, self.first = self.rows[drop:], self.first + drop
+        return start, out[start - lo:stop - lo]
+
+
+class _RowWriter:
+    """Writes the rows of an output (…, H, W) in blocks aligned to its chunk rows: rows are
+    held until a chunk row is complete (or the plane ends), so each chunk is written once."""
+
+    def __init__(self, out: ArrayLike, height: int):
+        self.out, self.height = out, height
+        chunks = getattr(out, "chunks", None)
+        self.align = int(chunks[-2]) if chunks else 1
+        self.pending: dict[int, tuple[int, list[np.ndarray]]] = {}
+
+    def write(self, n: int, start: int, block: np.ndarray) -> None:
+        """Rows [start, start + block.shape[-2]) of plane `n`; rows come in order."""
+        first, blocks = self.pending.get(n, (start, []))
+        blocks.append(block)
+        stop = start + block.shape[-2]
+        end = stop if stop == self.height else stop // self.align * self.align
+        if end <= first:
+            self.pending[n] = (first, blocks)
+            return
+        rows = np.concatenate(blocks, axis=-2) if len(blocks) > 1 else block
+        self.out[(n, Ellipsis, slice(first, end), slice(None))] = rows[..., :end - first, :]
+        if end < stop:
+            self.pending[n] = (end, [rows[..., end - first:, :]])
+        else:
+            self.pending.pop(n, None)
+
+
+def smooth_variance(var: Tensor, sigma: float, mode: str | None = None) -> Tensor:
     """Gaussian-smooth variance maps (..., Y, X) with std `sigma` px (0: unchanged).
 
     A variance from a few samples is noisy pixel by pixel (its relative error is about
     √(2/K)); the posterior variance itself changes over a few pixels at most, so averaging it
-    over neighbours gives the std more effective samples. Separable, mirrored at the borders.
-    Written here rather than taken from scipy so that the BMZ wrapper, which may only use
-    torch, smooths exactly alike.
+    over neighbours gives the std more effective samples. Separable, mirrored at the borders
+    ('reflect'; 'replicate' where a side is not longer than 3σ, or as `mode` says). Each pass
+    is a sum of shifted copies in a fixed order, so a pixel's value depends only on its
+    neighbours, not on the size of the array it is part of: bands of rows smoothed apart give
+    the same bits as the whole plane. Written here rather than taken from scipy so that the
+    BMZ wrapper, which may only use torch, smooths exactly alike.
     """
     if sigma <= 0:
         return var
@@ -250,10 +474,17 @@ def smooth_variance(var: Tensor, sigma: float) -> Tensor:
     k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=var.dtype) / sigma) ** 2)
     k = (k / k.sum()).to(var.device)
     shape = var.shape
+    mode = mode or ("reflect" if min(shape[-2:]) > r else "replicate")
     x = var.reshape(-1, 1, *shape[-2:])
-    mode = "reflect" if min(shape[-2:]) > r else "replicate"
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode=mode), k.view(1, 1, 1, -1))
-    x = F.conv2d(F.pad(x, (0, 0, r, r), mode=mode), k.view(1, 1, -1, 1))
+    h, w = shape[-2:]
+    xp = F.pad(x, (r, r, 0, 0), mode=mode)
+    x = k[0] * xp[..., 0:w]
+    for j in range(1, 2 * r + 1):
+        x = x + k[j] * xp[..., j:j + w]
+    xp = F.pad(x, (0, 0, r, r), mode=mode)
+    x = k[0] * xp[..., 0:h, :]
+    for j in range(1, 2 * r + 1):
+        x = x + k[j] * xp[..., j:j + h, :]
     return x.reshape(shape)
 
 
@@ -266,12 +497,6 @@ def noise_tile(field: NoiseField, tile: tuple[int, int, int], sample: int, th: i
         return field.tile(n, sample, y, x, th, tw)
     noise = field.tile(n, sample // 2, y, x, th, tw)
     return -noise if sample % 2 else noise
-
-
-def _flush_samples(out: np.ndarray, acc: np.ndarray, wsum: np.ndarray, plane: int, H: int,
-                   W: int) -> None:
-    out[plane] = (acc / wsum)[:, :H, :W]
-    acc[:] = 0
 
 
 @contextlib.contextmanager

@@ -9,6 +9,8 @@ the model config, so that resuming with a different network is refused by name.
 from __future__ import annotations
 
 import io
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar, WeightAveraging
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch.utils.data import DataLoader, Dataset
 
 from hazematching.config import ModelConfig, TrainingConfig
@@ -31,6 +34,15 @@ _VAL_SEED = 1234
 _CONFIG_KEY = "hazematching_config"
 #: Config fields that shape the network: resuming with other values cannot work.
 _NETWORK_FIELDS = ("method", "in_channels", "network", "method_options")
+
+# Two Lightning warnings that do not apply here. Logging counts steps across epochs, so epochs
+# shorter than log_every_n_steps are logged all the same. A resumed epoch restarts its patch
+# indices at 0: each index is an independent random patch (RandomPatches), so it trains on
+# patches of the same distribution, only not the ones the interrupted run had left.
+warnings.filterwarnings("ignore", "The number of training batches .* is smaller than the "
+                        "logging interval", PossibleUserWarning)
+warnings.filterwarnings("ignore", "You're resuming from a checkpoint that ended before the "
+                        "epoch ended", PossibleUserWarning)
 
 
 class CheckpointError(ValueError):
@@ -148,13 +160,15 @@ class RestorationModule(pl.LightningModule):
         if self.method.manual_optimization:
             losses = self.method.manual_step(self, target, cond)
             for k, v in losses.items():
-                self.log(f"train_{k}", v, prog_bar=k == "loss", sync_dist=True)
+                self.log(f"train_{k}", v, prog_bar=k == "loss")
             return None
         loss = self.method.training_loss(target, cond)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss.item()} at step "
                                      f"{self.global_step}; lower training.lr or check the data")
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
+        # Each rank logs its own loss: syncing would cost DDP a collective every step for a
+        # curve that only rank 0 writes. val_loss is synced: it picks the best checkpoint.
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True)
         return loss
 
     def on_validation_epoch_start(self) -> None:
@@ -190,11 +204,17 @@ class EMA(WeightAveraging):
     """
 
     def __init__(self, decay: float):
-        def avg_fn(avg: torch.Tensor, cur: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        def multi_avg_fn(avg: list[torch.Tensor], cur: list[torch.Tensor], n: torch.Tensor
+                         ) -> None:
+            # One fused update of all tensors of a device and dtype, not one Python call and
+            # two temporaries per parameter: avg ← avg + (1 − d)·(cur − avg).
             d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
-            return avg * d + cur * (1.0 - d)
+            if avg[0].is_floating_point():
+                torch._foreach_lerp_(avg, cur, 1.0 - d)
+            else:
+                torch._foreach_copy_(avg, cur)
 
-        super().__init__(avg_fn=avg_fn)
+        super().__init__(multi_avg_fn=multi_avg_fn)
 
 
 class _SetEpoch(Callback):
@@ -204,6 +224,66 @@ class _SetEpoch(Callback):
         ds = trainer.train_dataloader.dataset if trainer.train_dataloader is not None else None
         if hasattr(ds, "epoch"):
             ds.epoch = trainer.current_epoch
+
+
+class _ValidateAtEnd(Callback):
+    """Ends the fit through ``trainer.should_stop`` on its last step (max_steps reached, or the
+    last batch of the last epoch), on which Lightning validates and writes the checkpoints
+    whatever the cadence: the final weights are always in last.ckpt and compete for best.ckpt.
+    (The max_minutes budget ends a fit the same way, through Lightning's Timer.)"""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        last_step = trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps
+        last_epoch = trainer.max_epochs is not None and trainer.current_epoch + 1 >= \
+            trainer.max_epochs
+        if last_step or (last_epoch and batch_idx + 1 >= trainer.num_training_batches):
+            trainer.should_stop = True
+
+
+#: A step interval no run reaches: validation only when :class:`_EveryMinutes` asks for it.
+_NEVER = 2**62
+
+
+class _EveryMinutes(Callback):
+    """Validation once `minutes` of training have passed since the previous one (or the start).
+
+    Rank 0 decides and broadcasts its decision, as Lightning's Timer does for max_time, so that
+    every rank of a distributed run validates after the same step; Lightning's own time-based
+    ``val_check_interval`` lets each rank decide by its own clock, and ranks that disagree by
+    one step wait for each other for ever. The decision sets the step interval Lightning checks
+    right after this hook: 1 (validate now) or never.
+    """
+
+    def __init__(self, minutes: float):
+        self.seconds = minutes * 60.0
+        self.since = 0.0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.since = time.monotonic()
+        trainer.val_check_batch = _NEVER
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        due = time.monotonic() - self.since >= self.seconds
+        if trainer.world_size > 1:
+            due = trainer.strategy.broadcast(due, src=0)
+        trainer.val_check_batch = 1 if due else _NEVER
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.since = time.monotonic()
+        trainer.val_check_batch = _NEVER
+
+
+def _val_schedule(cfg: TrainingConfig) -> tuple[dict[str, Any], list[Callback]]:
+    """Lightning's validation arguments and callbacks for ``cfg.val_cadence``."""
+    kind, every = cfg.val_cadence
+    if kind == "steps":  # counted across epochs
+        return {"val_check_interval": int(every), "check_val_every_n_epoch": None}, []
+    if kind == "epochs":
+        return {"val_check_interval": 1.0, "check_val_every_n_epoch": int(every)}, []
+    return ({"val_check_interval": _NEVER, "check_val_every_n_epoch": None},
+            [_EveryMinutes(every)])
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
@@ -217,9 +297,16 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 def build_trainer(cfg: TrainingConfig, out_dir: Path, *, automatic_optimization: bool = True,
                   extra_callbacks: list[Callback] | None = None) -> pl.Trainer:
     """A Lightning Trainer writing checkpoints and CSV/TensorBoard logs under `out_dir`."""
-    ckpt = ModelCheckpoint(dirpath=out_dir / CHECKPOINT_DIR, filename="best", monitor="val_loss",
-                           mode="min", save_top_k=1, save_last=True, enable_version_counter=False)
-    callbacks: list[Callback] = [ckpt, _SetEpoch()]
+    best = ModelCheckpoint(dirpath=out_dir / CHECKPOINT_DIR, filename="best", monitor="val_loss",
+                           mode="min", save_top_k=1, enable_version_counter=False)
+    # Lightning 2.6's save_last writes last.ckpt only when a top-k checkpoint is written at the
+    # same step, i.e. when the validation loss improved; resuming needs the latest state, which
+    # a checkpoint without a monitor writes at every save.
+    last = ModelCheckpoint(dirpath=out_dir / CHECKPOINT_DIR, filename="last", save_top_k=1,
+                           enable_version_counter=False)
+    schedule, cadence = _val_schedule(cfg)
+    # best first: trainer.checkpoint_callback
+    callbacks: list[Callback] = [best, last, _SetEpoch(), _ValidateAtEnd(), *cadence]
     if cfg.ema_decay is not None:
         callbacks.append(EMA(cfg.ema_decay))
     if cfg.progress_bar:
@@ -236,34 +323,37 @@ def build_trainer(cfg: TrainingConfig, out_dir: Path, *, automatic_optimization:
         strategy=cfg.strategy,
         precision=resolve_precision(cfg.precision, cfg.accelerator),
         gradient_clip_val=cfg.grad_clip if automatic_optimization else None,
-        check_val_every_n_epoch=cfg.val_every_n_epochs,
+        **schedule,
         limit_val_batches=cfg.limit_val_batches,
         callbacks=callbacks,
         logger=loggers,
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=cfg.progress_bar,
         enable_model_summary=False,
-        log_every_n_steps=1,
+        log_every_n_steps=cfg.log_every_n_steps,
         num_sanity_val_steps=0,
         deterministic=False,
     )
 
 
 def fit(method: Method, train: Dataset, val: Dataset, cfg: TrainingConfig, out_dir: Path, *,
-        num_workers: int = 0, resume: bool = True) -> tuple[pl.Trainer, Path | None]:
+        num_workers: int = 0, resume: bool = True, callbacks: list[Callback] | None = None
+        ) -> tuple[pl.Trainer, Path | None]:
     """Train `method` in place and return the trainer and the best checkpoint's path.
 
     With `resume`, training continues from ``out_dir/checkpoints/last.ckpt`` when it exists,
     after checking that it is readable (:func:`read_checkpoint`) and fits the network
     (:func:`check_resumable`). The method's weights are left as the best checkpoint's (EMA
-    weights when EMA is on).
+    weights when EMA is on). `callbacks` are added to the trainer's own (see
+    :func:`build_trainer`).
     """
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     module = RestorationModule(method)
     last = out_dir / CHECKPOINT_DIR / "last.ckpt"
     if resume and last.exists():
         check_resumable(read_checkpoint(last), module, method.config, last)
-    trainer = build_trainer(cfg, out_dir, automatic_optimization=module.automatic_optimization)
+    trainer = build_trainer(cfg, out_dir, automatic_optimization=module.automatic_optimization,
+                            extra_callbacks=callbacks)
     loader_kw = dict(batch_size=cfg.batch_size, num_workers=num_workers,
                      persistent_workers=False, pin_memory=torch.cuda.is_available())
     train_loader = DataLoader(train, shuffle=False, drop_last=len(train) > cfg.batch_size,

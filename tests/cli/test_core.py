@@ -104,3 +104,85 @@ def test_messages_with_brackets_are_printed_as_they_are(tmp_path):
     r = runner.invoke(app, ["train", str(tmp_path), "--out", str(tmp_path / "m"), "--config",
                             str(bad)])
     assert r.exit_code == 2 and "[red]odd.yaml: expected a mapping of fields" in r.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--num-nodes", "2"], "give devices too (CLI: --devices N"),
+    (["--device", "cpu", "--devices", "2"], "device='cpu' is the one device of a single"),
+    (["--devices", "2", "--accelerator", "foo"], "invalid accelerator name"),
+])
+def test_invalid_distribution_options_fail_before_any_work(tmp_path, args, message):
+    from conftest import TINY
+    from helpers import make_pairs
+
+    from hazematching.config import ModelConfig
+    from hazematching.data.normalization import Normalizer
+    from hazematching.methods import build_method
+    from hazematching.model_io import save_model
+
+    pairs = make_pairs(2)
+    model = save_model(tmp_path / "m", build_method(ModelConfig.from_dict(TINY)),
+                       Normalizer.fit(pairs.targets, pairs.inputs))
+    img = write_tiff(tmp_path / "a.tif", np.zeros((32, 32), np.uint16), "YX")
+    r = runner.invoke(app, ["predict", str(model), str(img), "--out", str(tmp_path / "o"), *args])
+    assert r.exit_code == 2 and message in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+@pytest.fixture
+def untrained_model(tmp_path):
+    from conftest import TINY
+    from helpers import make_pairs
+
+    from hazematching.config import ModelConfig
+    from hazematching.data.normalization import Normalizer
+    from hazematching.methods import build_method
+    from hazematching.model_io import save_model
+
+    pairs = make_pairs(2)
+    return save_model(tmp_path / "model", build_method(ModelConfig.from_dict(TINY)),
+                      Normalizer.fit(pairs.targets, pairs.inputs))
+
+
+def test_predict_reads_and_writes_ome_zarr(tmp_path, untrained_model):
+    import zarr
+
+    from hazematching.ngff import create_ome_zarr
+
+    (tmp_path / "in" / "a.ome.zarr").mkdir(parents=True)
+    create_ome_zarr(tmp_path / "in" / "a.ome.zarr", (2, 40, 36), "ZYX",
+                    {"Z": 1.0, "Y": 0.1, "X": 0.1})[:] = 500.0
+    write_tiff(tmp_path / "in" / "b.tif", np.full((40, 36), 500, np.uint16), "YX",
+               pixel_size_um=0.2)
+    args = ["predict", str(untrained_model), str(tmp_path / "in"), "--n-samples", "2"]
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "o"), "--format", "zarr"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "o").glob("*.zarr")) == [
+        "a_mmse.ome.zarr", "a_std.ome.zarr", "b_mmse.ome.zarr", "b_std.ome.zarr"]
+    b = zarr.open_group(str(tmp_path / "o" / "b_mmse.ome.zarr"), mode="r")
+    assert b.attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][0][
+        "scale"] == pytest.approx([0.2, 0.2])
+    # one input and an .ome.zarr path: the outputs are named after it
+    r = runner.invoke(app, ["predict", str(untrained_model), str(tmp_path / "in" / "a.ome.zarr"),
+                            "--n-samples", "2", "--out", str(tmp_path / "p" / "res.ome.zarr")])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "p").glob("*.zarr")) == [
+        "res_mmse.ome.zarr", "res_std.ome.zarr"]
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "q" / "res.ome.zarr")])
+    assert r.exit_code == 2 and "names the outputs of one image, but 2 inputs" in r.output
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "q"), "--format", "png"])
+    assert r.exit_code == 2 and "--format must be tiff or zarr, got 'png'" in r.output
+    (tmp_path / "in" / "c.zarr").mkdir()  # neither a zarr array nor a group
+    r = runner.invoke(app, ["predict", str(untrained_model), str(tmp_path / "in" / "c.zarr"),
+                            "--out", str(tmp_path / "q")])
+    assert r.exit_code == 2 and "c.zarr: is neither a zarr array nor a zarr group" in r.output
+    assert not (tmp_path / "q").exists() or not list((tmp_path / "q").glob("*.zarr"))
+
+
+def test_a_paper_layout_pair_without_metadata_takes_channel_1(tmp_path, untrained_model):
+    pair = np.random.default_rng(5).uniform(100, 900, (2, 40, 40)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "pair.tif", pair, metadata=None)
+    r = runner.invoke(app, ["predict", str(untrained_model), str(tmp_path / "pair.tif"),
+                            "--out", str(tmp_path / "o"), "--n-samples", "2", "--channel", "1"])
+    assert r.exit_code == 0, r.output
+    assert tifffile.imread(tmp_path / "o" / "pair_mmse.tif").shape == (40, 40)

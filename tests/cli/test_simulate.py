@@ -113,3 +113,39 @@ def test_microsim_command(tmp_path):
     assert meta["generator"] == "microsim" and meta["config"]["depth"] == 8
     pair = load_split(out, "val")[0]
     assert pair.shape == (2, 32, 32) and pair[1].mean() > pair[1].min()
+
+
+@pytest.mark.slow  # microsim import and PSFs for two image sizes: ~8 s
+def test_real_command_writes_layout_with_region_splits(tmp_path):
+    pytest.importorskip("microsim")
+    from hazematching.data.real_structure import REGION_CODE, load_structure, region_map
+
+    out = tmp_path / "real"
+    result = invoke("real", "--out", out, "--n", 5, "--size", 32, "--eval-size", 40,
+                    "--depth", 8, "--margin", 2, "--seed", 5)
+    assert result.exit_code == 0, result.output
+    counts = {s: len(list_images(out / s)) for s in ("train", "val", "test")}
+    assert counts == {"train": 3, "val": 1, "test": 1}
+    assert load_split(out, "train")[0].shape == (2, 32, 32)
+    test_pair = load_split(out, "test")[0]
+    assert test_pair.shape == (2, 40, 40) and test_pair[1].mean() > test_pair[1].min()
+    meta = yaml.safe_load((out / "simulation.yaml").read_text())
+    assert meta["generator"] == "real" and meta["splits"] == counts
+    assert set(meta["sources"]) == {"nuclei", "membranes"}
+    assert meta["sources"]["nuclei"]["licence"] == "CC0 1.0"
+    # Every crop lies inside its own split's region of its source image.
+    crops = meta["crops"]
+    assert [c["split"] for c in crops] == ["train"] * 3 + ["val", "test"]
+    assert [c["source"] for c in crops[:3]] == ["nuclei", "membranes", "nuclei"]
+    for crop in crops:
+        regions = region_map(load_structure(crop["source"]).shape[1:],
+                             meta["split_fractions"])
+        y0, x0, h, w = crop["window_yxhw"]
+        assert (regions[y0:y0 + h, x0:x0 + w] == REGION_CODE[crop["split"]]).all()
+
+
+def test_real_command_rejects_crops_larger_than_a_region(tmp_path):
+    result = invoke("real", "--out", tmp_path / "r", "--n", 4, "--eval-size", 500)
+    assert result.exit_code == 2
+    assert "crop fits in the val region" in result.output and "--eval-size" in result.output
+    assert not (tmp_path / "r").exists()

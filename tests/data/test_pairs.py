@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from helpers import make_pairs, write_paper_layout
 
-from hazematching.data.pairs import detect_layout, load_pairs, resolve_split_dirs
+from hazematching.data.pairs import PairedImages, detect_layout, load_pairs, resolve_split_dirs
 from hazematching.io import ImageError, write_tiff
 
 
@@ -52,3 +52,50 @@ def test_split_dirs_and_split(tmp_path):
     assert make_pairs(10).split(0.2, seed=0)[1].names == va.names
     with pytest.raises(ImageError, match="at least 2 images"):
         make_pairs(1).split(0.5)
+
+
+def test_crops_stay_within_budget_and_spread_over_images():
+    pairs = make_pairs(3, size=48)
+    stack = PairedImages(["stack"], [np.stack([pairs.targets[0][0]] * 2)],
+                         [np.stack([pairs.inputs[0][0]] * 2)])
+    both = PairedImages(pairs.names + stack.names, pairs.targets + stack.targets,
+                        pairs.inputs + stack.inputs)
+    assert both.crops(10 ** 6, 16) is both  # everything fits: the pairs whole
+
+    c = both.crops(6 * 16 * 16, 16, seed=3)
+    # round-robin: every image's plane 0 first, then the stack's plane 1, then image 0 again
+    assert [n.split("_")[:2] for n in c.names] == [
+        ["img0", "z0"], ["img1", "z0"], ["img2", "z0"], ["stack", "z0"], ["stack", "z1"]]
+    assert sum(t.size for t in c.targets) <= 6 * 16 * 16
+    for name, t, x in zip(c.names, c.targets, c.inputs, strict=True):
+        src = both.names.index(name.split("_")[0])
+        z, y, xx = (int(p[1:]) for p in name.split("_")[1:])
+        assert t.shape == (1, 16, 16) and x.shape == (1, 1, 16, 16)
+        np.testing.assert_array_equal(t[0], both.targets[src][z, y:y + 16, xx:xx + 16])
+        np.testing.assert_array_equal(x[0], both.inputs[src][z, :, y:y + 16, xx:xx + 16])
+    assert c.names == both.crops(6 * 16 * 16, 16, seed=3).names  # seeded
+    # a crop side larger than the image takes the whole plane; one crop at least
+    big = both.crops(100, 64)
+    assert len(big) == 1 and big.targets[0].shape == (1, 48, 48)
+
+
+def test_pairs_are_read_from_ome_zarr_as_from_tiff(tmp_path):
+    from hazematching.io import read_image
+    from hazematching.ngff import create_ome_zarr
+
+    tiffs = write_paper_layout(tmp_path / "tif", make_pairs(3, seed=4))
+    for layout in ("paper", "input_target"):
+        root = tmp_path / layout
+        for f in sorted(tiffs.iterdir()):
+            cyx, _ = read_image(f)
+            items = {"": ("CYX", cyx)} if layout == "paper" else {
+                "target": ("YX", cyx[0]), "input": ("YX", cyx[1])}
+            for sub, (axes, array) in items.items():
+                path = root / sub / f"{f.stem}.ome.zarr"
+                path.mkdir(parents=True)
+                create_ome_zarr(path, array.shape, axes)[:] = array
+        zarr_pairs, tiff_pairs = load_pairs(root), load_pairs(tiffs)
+        assert zarr_pairs.names == tiff_pairs.names == ["img0", "img1", "img2"]
+        for a, b in zip(zarr_pairs.targets + zarr_pairs.inputs,
+                        tiff_pairs.targets + tiff_pairs.inputs, strict=True):
+            np.testing.assert_array_equal(a, b)

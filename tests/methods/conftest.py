@@ -26,7 +26,8 @@ TINY = {
     "data": {"patch_size": 32, "patches_per_epoch": 16},
     "network": {"model_channels": 8, "channel_mult": [1, 2], "attention_downsample": [2]},
     "training": {"epochs": 5, "batch_size": 4, "lr": 2e-3, "ema_decay": None,
-                 "progress_bar": False, "accelerator": "cpu", "devices": 1, "precision": "32"},
+                 "progress_bar": False, "accelerator": "cpu", "devices": 1, "precision": "32",
+                 "val_every_n_epochs": 1},
     "sampling": {"tile_size": 32, "tile_overlap": 8, "n_samples": 2, "batch_size": 8,
                  "n_time_points": 3},
 }

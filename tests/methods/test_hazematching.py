@@ -79,3 +79,20 @@ def test_the_predictors_sampling_settings_choose_the_solver():
     assert one_step.std.max() < 1e-5
     fine = m.config.sampling.model_copy(update={"solver": "heun", "n_time_points": 12})
     assert predict_planes(m, mu, fine, n_samples=32).std.mean() == pytest.approx(S, rel=0.1)
+
+
+@pytest.mark.parametrize("t_sampling", ["grid", "uniform"])
+def test_t0_fraction_trains_t0_more_often(t_sampling):
+    def zeros(fraction: float) -> float:
+        cfg = ModelConfig.from_dict({
+            "network": {"model_channels": 8, "channel_mult": [1, 2],
+                        "attention_downsample": [2]},
+            "training": {"t_sampling": t_sampling, "t0_fraction": fraction}})
+        torch.manual_seed(0)
+        t = build_method(cfg).sample_t(20000, torch.zeros(1))
+        assert t.shape == (20000,) and 0 <= t.min() and t.max() <= 1
+        return (t == 0).float().mean().item()
+
+    on_grid = 1 / 20 if t_sampling == "grid" else 0.0
+    assert zeros(0.0) == pytest.approx(on_grid, abs=0.005)
+    assert zeros(0.3) == pytest.approx(0.3 + 0.7 * on_grid, abs=0.01)

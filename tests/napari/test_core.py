@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,11 @@ from hazematching.config import SAMPLING_PRESETS, ModelConfig, preset_overrides
 from hazematching.napari.core import (
     PRESET_CHOICES,
     STD_COLORMAP,
+    Cancelled,
     LayerSpec,
     PredictResult,
     Progress,
     TaskFailed,
-    finished_epochs,
     folder_training_pairs,
     guarded,
     layer_axes,
@@ -30,6 +31,7 @@ from hazematching.napari.core import (
     training_progress,
 )
 from hazematching.napari.sample_data import simulated_pair
+from hazematching.training import read_checkpoint
 
 
 def run(task: Generator[Progress, None, Any]) -> tuple[list[Progress], Any]:
@@ -94,7 +96,10 @@ def test_predict_task_runs_a_stack_plane_by_plane_with_a_seed_per_plane(
     pred = result.prediction
     assert pred.mmse.shape == pred.std.shape == (3, 36, 36) and pred.axes == "ZYX"
     assert pred.samples.shape == (2, 3, 36, 36)
-    assert [(s.done, s.total) for s in steps[1:]] == [(0, 3), (1, 3), (2, 3), (3, 3)]
+    # in work units: one tile a plane, 2 samples each, one network batch a plane
+    assert [(s.done, s.total) for s in steps[1:]] == [(0, 6), (2, 6), (2, 6), (4, 6), (4, 6),
+                                                      (6, 6), (1, 1)]
+    assert steps[3].message == "plane 2/3: 2 sample(s)"
     model = load_model(tiny_model_dir).reconfigure(preset_overrides("fast"))
     seed = model.config.sampling.seed
     plane2 = model.reconfigure({"sampling.seed": seed + 2}).predict(stack[2], n_samples=2)
@@ -162,40 +167,92 @@ def test_layer_training_pairs_refuse_mismatched_or_small_layers() -> None:
                              names=("cf", "wf"))
 
 
-def test_train_task_trains_epoch_by_epoch_resumes_and_calibrates(
+def test_train_task_reports_every_batch_resumes_and_calibrates(
         tmp_path: Path, tiny_config_yaml: Path) -> None:
-    config = ModelConfig.from_yaml(tiny_config_yaml)
+    config = ModelConfig.from_yaml(tiny_config_yaml).with_overrides({"data.patches_per_epoch": 8})
     pairs = make_pairs(1, size=96, seed=3)
     data = layer_training_pairs(pairs.targets[0][0], pairs.inputs[0][0, 0], "YX",
                                 patch_size=config.data.patch_size)
     out = tmp_path / "model"
     steps, written = run(train_task(config, data, out, epochs=2))
     assert written == out
-    assert [(s.done, s.total) for s in steps] == [(0, 2), (1, 2), (2, 2), (0, 0)]
+    # 8 patches a epoch in batches of 4: 2 batches an epoch
+    assert [(s.done, s.total) for s in steps] == [(0, 0), (1, 4), (2, 4), (3, 4), (4, 4),
+                                                  (1, 1), (0, 0)]
+    assert steps[3].message == "epoch 2/2, batch 1/2"
+    assert steps[-2].message == "trained 2 epoch(s), 4 step(s)"
     assert steps[-1].message.startswith("calibrating")
     model = load_model(out)
     assert model.calibration is not None and model.provenance["epochs"] == 2
     steps, _ = run(train_task(config, data, out, epochs=3, calibrate=False))
-    assert [(s.done, s.total) for s in steps] == [(2, 3), (3, 3)]
+    assert [(s.done, s.total) for s in steps] == [(0, 0), (5, 6), (6, 6), (1, 1)]
     assert load_model(out).provenance["epochs"] == 3
     # Asking for fewer epochs than the folder has trained loads it and trains no more.
     steps, _ = run(train_task(config, data, out, epochs=2, calibrate=False))
-    assert [(s.done, s.total) for s in steps] == [(2, 2), (2, 2)]
-    assert steps[-1].message == "epoch 3/2"
+    assert [s.message for s in steps] == ["preparing the training",
+                                          "trained 3 epoch(s), 6 step(s)"]
     assert load_model(out).provenance["epochs"] == 3
 
 
+def _no_helper_thread() -> bool:
+    return not any(t.name.startswith("hazematching-task") for t in threading.enumerate())
+
+
+def test_cancel_stops_a_prediction_within_one_image(tiny_model_dir: Path) -> None:
+    image = make_pairs(1, size=40, seed=9).inputs[0][0, 0]
+    cancel = threading.Event()
+    steps = []
+    with pytest.raises(Cancelled, match="^cancelled$"):  # and so no result, no layers
+        for step in predict_task(tiny_model_dir, image, "YX", n_samples=40, cancel=cancel):
+            steps.append(step)
+            if 0 < step.done < step.total:
+                cancel.set()
+    # one tile, 40 samples in network batches of 8: it stopped after the first batch
+    assert [(s.done, s.total) for s in steps[1:]] == [(0, 40), (8, 40)]
+    assert _no_helper_thread()
+    # Closing a task (as when its worker is dropped) cancels it and waits for its helper.
+    cancel = threading.Event()
+    task = predict_task(tiny_model_dir, image, "YX", n_samples=40, cancel=cancel)
+    assert [next(task).done for _ in range(3)] == [0, 0, 8]
+    task.close()
+    assert cancel.is_set() and _no_helper_thread()
+
+
+def test_cancel_stops_a_training_mid_epoch_and_keeps_a_resumable_model(
+        tmp_path: Path, tiny_config_yaml: Path) -> None:
+    config = ModelConfig.from_yaml(tiny_config_yaml).with_overrides(
+        {"data.patches_per_epoch": 24})
+    pairs = make_pairs(1, size=96, seed=3)
+    data = layer_training_pairs(pairs.targets[0][0], pairs.inputs[0][0, 0], "YX",
+                                patch_size=config.data.patch_size)
+    out = tmp_path / "model"
+    cancel, steps = threading.Event(), []
+    message = (f"cancelled after training step 2; the model is saved in {out} (uncalibrated), "
+               f"and training into that folder again continues from that step, with the next "
+               f"epoch")
+    with pytest.raises(Cancelled) as err:
+        for step in train_task(config, data, out, epochs=3, cancel=cancel):
+            steps.append(step)
+            if step.message == "epoch 1/3, batch 2/6":
+                cancel.set()
+    assert str(err.value) == message
+    assert steps[-1] == Progress(2, 18, "epoch 1/3, batch 2/6")  # 6 batches an epoch
+    model = load_model(out)
+    assert model.provenance["steps"] == 2 and model.calibration is None
+    assert read_checkpoint(out / "checkpoints" / "last.ckpt")["global_step"] == 2
+    assert _no_helper_thread()
+    steps, _ = run(train_task(config, data, out, epochs=2, calibrate=False))
+    assert steps[1] == Progress(7, 12, "epoch 2/2, batch 1/6")
+    assert load_model(out).provenance["steps"] == 2 + 6
+
+
 def test_training_progress_follows_the_tighter_budget() -> None:
-    assert training_progress(1, 200, 30.0, 1.0) == Progress(30, 60, "epoch 1/200, 0.5 of 1 min")
-    assert training_progress(150, 200, 30.0, 1.0) == Progress(150, 200,
-                                                               "epoch 150/200, 0.5 of 1 min")
-    assert training_progress(3, 10, 999.0, None) == Progress(3, 10, "epoch 3/10")
-
-
-def test_finished_epochs_reads_the_fit_loop_or_falls_back_to_the_epoch() -> None:
-    progress = {"current": {"completed": 1, "processed": 2}}
-    assert finished_epochs({"epoch": 1, "loops": {"fit_loop": {"epoch_progress": progress}}}) == 2
-    assert finished_epochs({"epoch": 4}) == 4 and finished_epochs({}) == 0
+    assert training_progress(1, 200, 5, 10, 30.0, 1.0) == Progress(
+        30, 60, "epoch 1/200, batch 5/10, 0.5 of 1 min")
+    assert training_progress(150, 200, 10, 10, 30.0, 1.0) == Progress(
+        1500, 2000, "epoch 150/200, batch 10/10, 0.5 of 1 min")
+    assert training_progress(3, 10, 2, 4, 999.0, None) == Progress(10, 40,
+                                                                    "epoch 3/10, batch 2/4")
 
 
 def test_folder_training_pairs_read_a_dataset_root_or_hold_out_images(

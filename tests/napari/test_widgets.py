@@ -112,24 +112,25 @@ def test_predict_widget_adds_mmse_std_and_samples_with_the_layers_geometry(
     assert len(viewer.layers) == 4 and widget.run_button.enabled
 
 
-def test_cancel_stops_a_prediction_between_planes(make_napari_viewer, qtbot,
-                                                  tiny_model_dir: Path) -> None:
+def test_cancel_stops_a_prediction_within_one_image(make_napari_viewer, qtbot,
+                                                   tiny_model_dir: Path) -> None:
     viewer = make_napari_viewer()
     widget = dock(viewer, "Dehaze")
-    n_planes = 64
-    viewer.add_image(np.random.default_rng(0).normal(500, 50, (n_planes, 32, 32)), name="stack")
+    viewer.add_image(np.random.default_rng(0).normal(500, 50, (40, 40)), name="image")
     widget.model_path.value = tiny_model_dir
-    widget.image.value = viewer.layers["stack"]
-    widget.n_samples.value = 2
+    widget.image.value = viewer.layers["image"]
+    widget.n_samples.value = 4000  # one tile: 500 network batches of 8 samples
     widget.run_button.native.click()
     assert not widget.run_button.enabled and widget.cancel_button.enabled
-    # The progress bar moves while the worker runs: the viewer's event loop is not blocked.
-    qtbot.waitUntil(lambda: widget.progress.value >= 1, timeout=WAIT_MS)
+    # The progress bar moves within the image while the worker runs: the viewer's event loop
+    # is not blocked.
+    qtbot.waitUntil(lambda: widget.progress.value >= 16, timeout=WAIT_MS)
+    assert widget.progress.max == 4000
     widget.cancel_button.native.click()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
     assert widget.status.value == "cancelled"
-    assert widget.progress.value < n_planes
-    assert [layer.name for layer in viewer.layers] == ["stack"]
+    assert widget.progress.value < 4000
+    assert [layer.name for layer in viewer.layers] == ["image"]
     assert widget.run_button.enabled and not widget.cancel_button.enabled
 
 
@@ -165,7 +166,7 @@ def test_bad_input_becomes_a_notification_with_the_clis_message(
     assert [layer.name for layer in viewer.layers] == ["hyper", "flat"]
 
 
-def test_train_widget_trains_on_the_sample_pair_and_cancels_between_epochs(
+def test_train_widget_trains_on_the_sample_pair_and_cancels_mid_epoch(
         make_napari_viewer, qtbot, tmp_path: Path, tiny_config_yaml: Path) -> None:
     viewer = make_napari_viewer()
     widget = dock(viewer, "Train")
@@ -185,12 +186,16 @@ def test_train_widget_trains_on_the_sample_pair_and_cancels_between_epochs(
     widget.epochs.value = 200
     widget.calibrate.value = False
     widget.run_button.native.click()
-    qtbot.waitUntil(lambda: widget.status.value.startswith("epoch 1/200"), timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: widget.status.value.startswith("epoch 1/200, batch 1/"),
+                    timeout=WAIT_MS)
+    batches_per_epoch = widget.progress.max // 200
+    assert batches_per_epoch > 2
     widget.cancel_button.native.click()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
-    assert widget.status.value == (f"cancelled; the model of the last finished epoch is in "
-                                   f"{tmp_path / 'long'}")
-    assert 1 <= load_model(tmp_path / "long").provenance["epochs"] < 200
+    steps = load_model(tmp_path / "long").provenance["steps"]
+    assert 1 <= steps < batches_per_epoch  # stopped within the first epoch
+    assert widget.status.value.startswith(f"cancelled after training step {steps}; the model "
+                                          f"is saved in {tmp_path / 'long'} (uncalibrated)")
 
 
 def test_training_next_to_napari_opengl_does_not_crash() -> None:

@@ -122,3 +122,26 @@ def test_results_follow_the_umask(tmp_path, untrained_model):
         os.umask(previous)
     for f in (tmp_path / "o").glob("*.tif"):
         assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
+
+
+def test_killed_ome_zarr_prediction_of_a_folder_resumes(tmp_path, untrained_model):
+    inputs = _images(tmp_path / "in", n=2)
+    out = tmp_path / "out"
+    args = ["predict", str(untrained_model), str(inputs), "--out", str(out), "--n-samples", "8",
+            "--n-time-points", "12", "--format", "zarr", "--device", "cpu"]
+    run = CliProcess(args, tmp_path / "run.log")
+    # Killed while the second image's outputs are being written, chunk by chunk.
+    run.wait_for(lambda: (out / "img0_mmse.ome.zarr").exists()
+                 and any(out.glob(".img1_mmse.ome.zarr.*.partial/0/*")))
+    run.kill()
+    assert run.exitcode == -9
+    assert sorted(p.name for p in out.glob("*.zarr")) == ["img0_mmse.ome.zarr",
+                                                          "img0_std.ome.zarr"]
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert "img0.tif: skipped, its outputs exist" in again.output
+    for name in ("img0", "img1"):
+        for kind in ("mmse", "std"):
+            image, axes = read_image(out / f"{name}_{kind}.ome.zarr")
+            assert axes == "YX" and image.shape == (64, 64)
+    assert not list(out.glob(".*.partial"))  # the killed run's temporary folders are gone

@@ -23,27 +23,62 @@ def _parse_sets(sets: list[str]) -> dict[str, Any]:
     return out
 
 
+def _parse_devices(devices: str | None) -> int | str | None:
+    """``--devices``: a count ("2") as an int; 'auto' or a GPU list ("0,2") as Lightning reads
+    them."""
+    return None if devices is None else (int(devices) if devices.isdigit() else devices)
+
+
 def _expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files, folders (their visible TIFF files) and glob patterns → files, each checked."""
-    from hazematching.io import TIFF_SUFFIXES, ImageError, image_files, is_image_file
+    """Files, OME-Zarr folders, folders (their visible TIFF files and OME-Zarr folders) and
+    glob patterns → images, each checked."""
+    from hazematching.io import (
+        TIFF_SUFFIXES,
+        ZARR_SUFFIX,
+        ImageError,
+        image_files,
+        is_image_file,
+        is_zarr_path,
+    )
 
     files: list[Path] = []
     for item in inputs:
         p = Path(item)
-        if p.is_dir():
+        if is_zarr_path(p):
+            found = [p]
+        elif p.is_dir():
             found = image_files(p)
             if not found:
-                raise ImageError(f"{p}: contains no TIFF files ({', '.join(TIFF_SUFFIXES)})")
+                raise ImageError(f"{p}: contains no TIFF files ({', '.join(TIFF_SUFFIXES)}) or "
+                                 f"OME-Zarr folders ({ZARR_SUFFIX})")
         elif p.is_file():
             found = [p]
         elif any(c in item for c in "*?["):
             found = [f for f in map(Path, sorted(glob.glob(item))) if is_image_file(f)]
             if not found:
-                raise ImageError(f"{item}: the pattern matches no TIFF file")
+                raise ImageError(f"{item}: the pattern matches no TIFF file or OME-Zarr folder")
         else:
             raise ImageError(f"{p}: no such file or folder")
         files += found
     return files
+
+
+def _output_target(out: Path, output_format: str | None, files: list[Path]
+                   ) -> tuple[str, Path, str | None]:
+    """(format, output folder, output stem) from --out and --format. An --out ending in
+    .ome.zarr names the OME-Zarr outputs of one input: OUT_mmse.ome.zarr, … beside it."""
+    if output_format not in (None, "tiff", "zarr"):
+        raise ValueError(f"--format must be tiff or zarr, got {output_format!r}")
+    if not out.name.lower().endswith(".ome.zarr"):
+        return output_format or "tiff", out, None
+    if output_format == "tiff":
+        raise ValueError(f"--out {out} is an OME-Zarr path but --format tiff was given; drop "
+                         f"one of them")
+    if len(files) != 1:
+        raise ValueError(f"--out {out}: an .ome.zarr output path names the outputs of one "
+                         f"image, but {len(files)} inputs were given; give an output folder "
+                         f"and --format zarr instead")
+    return "zarr", out.parent, out.name[:-len(".ome.zarr")]
 
 
 def train(
@@ -69,22 +104,31 @@ def train(
                       ] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace a finished model in OUT by a new "
                                                  "training run.")] = False,
+    calibrate: Annotated[bool | None, typer.Option(
+        help="Fit the std calibration on the validation images after training (default: on "
+             "for sampling methods).")] = None,
 ) -> None:
     """Train a model on paired widefield/confocal images."""
     from hazematching.api import Model
 
     try:
         cfg = ModelConfig.from_yaml(config) if config else ModelConfig()
-        dev = None if devices is None else (int(devices) if devices.isdigit() else devices)
+        dev = _parse_devices(devices)
         cfg = cfg.with_overrides({
             "method": method, "training.epochs": epochs, "training.max_steps": max_steps,
             "training.batch_size": batch_size, "data.patch_size": patch_size,
             "training.lr": lr, "training.accelerator": accelerator, "training.devices": dev,
-            "training.strategy": strategy, **_parse_sets(set_)}, source="command-line options")
+            "training.strategy": strategy, "training.calibrate": calibrate,
+            **_parse_sets(set_)}, source="command-line options")
         model = Model(cfg).fit(data, val, out_dir=out, resume=resume, overwrite=overwrite)
     except USER_ERRORS as err:
         fail(str(err))
     if model.path is not None:
+        fit = model.provenance.get("calibration_fit")
+        if fit:
+            say(f"calibrated on {fit['pixels']} validation pixels of {fit['images']} image(s), "
+                f"{fit['n_samples']} samples: ENCE {fit['ence_before']:.3f} → "
+                f"{fit['ence_after']:.3f} (plot: {model.path / 'calibration.png'})")
         say(f"model written to {model.path}")
 
 
@@ -104,8 +148,11 @@ train.__doc__ = f"{train.__doc__}\n\n{_method_list()}"
 
 def predict(
     model: Annotated[Path, typer.Argument(help="Model directory or .zip archive.")],
-    inputs: Annotated[list[str], typer.Argument(help="TIFF files, folders or glob patterns.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    inputs: Annotated[list[str], typer.Argument(help="TIFF files, OME-Zarr folders (.zarr), "
+                                                     "folders or glob patterns.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help=(
+        "Output folder; or, for one input, an OME-Zarr path OUT.ome.zarr: the outputs are "
+        "then OUT_mmse.ome.zarr, OUT_std.ome.zarr, … beside it."))],
     axes: Annotated[str | None, typer.Option(help="Axes of the inputs, e.g. YX, ZYX, TYX, "
                                                   "SYX (default: from the file).")] = None,
     channel: Annotated[list[int] | None, typer.Option(
@@ -114,9 +161,10 @@ def predict(
     n_samples: Annotated[int | None, typer.Option(help="Posterior samples per image.")] = None,
     save_samples: Annotated[bool, typer.Option(help="Also write the samples.")] = False,
     preset: Annotated[str | None, typer.Option(
-        help="Named sampling settings: 'fast' (the default) or 'paper' (the published "
-             "inference: 50 samples, 19 Euler steps, MMSE = mean of samples, 128-px tiles); "
-             "the options below override it.")] = None,
+        help="Named sampling settings: 'default' (the published sampler on 256-px tiles), "
+             "'fast' (8 antithetic samples, 6 Euler steps: ~60x less work, a less well "
+             "calibrated std) or 'paper' (the published inference: 50 samples, 19 Euler "
+             "steps, 128-px tiles keeping 64); the options below override it.")] = None,
     solver: Annotated[str | None, typer.Option(help="euler, heun or midpoint.")] = None,
     n_time_points: Annotated[int | None, typer.Option(help="ODE grid points.")] = None,
     schedule: Annotated[str | None, typer.Option(help="Time grid: uniform or late.")] = None,
@@ -128,17 +176,34 @@ def predict(
     seed: Annotated[int | None, typer.Option()] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ….")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+    output_format: Annotated[str | None, typer.Option(
+        "--format", help="tiff (ImageJ TIFFs, the default) or zarr (OME-Zarr, NGFF 0.4, "
+                         "chunked 256×256 per plane); both keep the input's axes and pixel "
+                         "sizes.")] = None,
+    devices: Annotated[str | None, typer.Option(
+        help="Spread the files over this many processes per machine (one per GPU, or CPU "
+             "processes with --accelerator cpu), started by Lightning as for training; under "
+             "torchrun or srun: the processes per node they start.")] = None,
+    num_nodes: Annotated[int, typer.Option(help="Machines taking part (with --devices).")] = 1,
+    strategy: Annotated[str, typer.Option(help="With --devices: auto or ddp.")] = "auto",
+    accelerator: Annotated[str, typer.Option(help="With --devices: auto, cpu or gpu.")
+                           ] = "auto",
 ) -> None:
-    """Dehaze images: write <name>_mmse.tif, <name>_std.tif (and <name>_samples.tif).
+    """Dehaze images: write <name>_mmse.tif, <name>_std.tif (and <name>_samples.tif), or
+    .ome.zarr with --format zarr.
 
-    Re-running after an interruption skips the images whose outputs are complete.
+    Images of any size are streamed: read and written a band of tiles at a time. Re-running
+    after an interruption skips the images whose outputs are complete. With
+    --devices the files are shared out among processes, each writing whole files.
     """
     from hazematching.api import check_device, check_n_samples, load_model
+    from hazematching.distributed import RankFailedError, this_process
 
     try:
         check_device(device)
         check_n_samples(n_samples)
         files = _expand_inputs(inputs)
+        fmt, out_dir, stem = _output_target(out, output_format, files)
         m = load_model(model)
         m.reconfigure({**(preset_overrides(preset) if preset else {}),
                        "sampling.solver": solver, "sampling.n_time_points": n_time_points,
@@ -146,17 +211,33 @@ def predict(
                        "sampling.tile_size": tile_size, "sampling.tile_overlap": tile_overlap,
                        "sampling.batch_size": batch_size, "sampling.seed": seed})
         one = m.method.stochastic and m.n_samples_for(n_samples) == 1
-        for r in m.predict_files(files, out, axes=axes, channels=channel, n_samples=n_samples,
+        predicted: dict[int, int] = {}
+        skipped = 0
+        for r in m.predict_files(files, out_dir, axes=axes, channels=channel, n_samples=n_samples,
                                  save_samples=save_samples, overwrite=overwrite, device=device,
-                                 progress=True):
+                                 progress=True, devices=_parse_devices(devices),
+                                 num_nodes=num_nodes, strategy=strategy,
+                                 accelerator=accelerator, output_format=fmt, stem=stem):
+            me = this_process()
+            skipped += r.skipped
+            predicted[r.rank] = predicted.get(r.rank, 0) + (not r.skipped)
+            if r.rank != me.rank:  # another rank's, reported there as it was done
+                continue
+            tag = f"[rank {me.rank}/{me.world_size}] " if me.world_size > 1 else ""
             if r.skipped:
-                say(f"{r.source}: skipped, its outputs exist ({r.outputs['mmse']}; --overwrite "
-                    f"predicts it again)")
+                say(f"{tag}{r.source}: skipped, its outputs exist ({r.outputs['mmse']}; "
+                    f"--overwrite predicts it again)")
             else:
-                say(f"{r.source} → " + ", ".join(str(p) for p in r.outputs.values())
+                say(f"{tag}{r.source} → " + ", ".join(str(p) for p in r.outputs.values())
                     + (" (1 sample: no std)" if one else ""))
-    except USER_ERRORS as err:
+    except (*USER_ERRORS, RankFailedError) as err:
         fail(str(err))
+    me = this_process()
+    if me.rank == 0:
+        by = "" if me.world_size == 1 else f" by {me.world_size} processes (" + ", ".join(
+            f"rank {k}: {predicted.get(k, 0)}" for k in range(me.world_size)) + ")"
+        say(f"done: {sum(predicted.values())} predicted{by}, {skipped} skipped; outputs in "
+            f"{out_dir}")
 
 
 def calibrate(

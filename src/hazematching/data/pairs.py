@@ -6,6 +6,8 @@ Two layouts are read:
   widefield input (the paper's ``train_crop/``, ``val_crop/``, ``train/``, ``val/``, ``test/``).
 * ``input_target``: sub-folders ``input/`` and ``target/`` holding files with matching names.
 
+Either may hold OME-Zarr images (``.zarr``/``.ome.zarr`` folders) instead of TIFFs, or both.
+
 Stacks (``ZYX``/``TYX``/``SYX``) are used plane by plane.
 """
 
@@ -17,7 +19,14 @@ from typing import Literal
 
 import numpy as np
 
-from hazematching.io import ImageError, list_images, read_image, to_planes
+from hazematching.io import (
+    ImageError,
+    check_axes,
+    image_name,
+    list_images,
+    read_image,
+    to_planes,
+)
 
 Layout = Literal["auto", "paper", "input_target"]
 SPLIT_NAMES = (("train_crop", "val_crop"), ("train", "val"))
@@ -55,6 +64,40 @@ class PairedImages:
                                         [self.targets[i] for i in idx],
                                         [self.inputs[i] for i in idx])
         return pick(sorted(order[n_val:])), pick(sorted(order[:n_val]))
+
+    def crops(self, max_pixels: int, size: int, seed: int = 0) -> PairedImages:
+        """Square crops of side `size` (or the plane's own, if smaller), at most `max_pixels`
+        pixels in all, spread over the images and their planes in turn: a bounded subset for
+        work whose cost grows with the pixels (e.g. fitting the calibration).
+
+        Planes are visited round-robin over images (image 0 plane 0, image 1 plane 0, …, then
+        every image's plane 1, …); each gives one crop at a seeded random position. All
+        planes fit within the budget: the pairs are returned whole.
+
+        Returns:
+            One pair per crop, named ``<image>_z<plane>_y<row>_x<col>``; targets (1, h, w),
+            inputs (1, C, h, w).
+        """
+        if sum(t.size for t in self.targets) <= max_pixels:
+            return self
+        rng = np.random.default_rng(seed)
+        names, targets, inputs = [], [], []
+        used = 0
+        depth = max(t.shape[0] for t in self.targets)
+        for z in range(depth):
+            for name, t, x in zip(self.names, self.targets, self.inputs, strict=True):
+                if z >= t.shape[0]:
+                    continue
+                h, w = min(size, t.shape[1]), min(size, t.shape[2])
+                if used + h * w > max_pixels and used:
+                    return PairedImages(names, targets, inputs)
+                y0 = int(rng.integers(0, t.shape[1] - h + 1))
+                x0 = int(rng.integers(0, t.shape[2] - w + 1))
+                names.append(f"{name}_z{z}_y{y0}_x{x0}")
+                targets.append(t[z:z + 1, y0:y0 + h, x0:x0 + w])
+                inputs.append(x[z:z + 1, :, y0:y0 + h, x0:x0 + w])
+                used += h * w
+        return PairedImages(names, targets, inputs)
 
 
 def detect_layout(folder: Path) -> Literal["paper", "input_target"]:
@@ -108,9 +151,9 @@ def load_pairs(folder: str | Path, layout: Layout = "auto",
     names, targets, inputs = [], [], []
     if layout == "paper":
         for path in list_images(folder):
-            raw, _ = read_image(path)
-            ax = _paper_axes(raw, axes, path)
-            arr, ax = read_image(path, ax)
+            arr, ax = read_image(path, axes)
+            if axes is None and "C" not in ax:  # no channel axis in the metadata
+                ax = check_axes(_paper_axes(arr, None, path), arr.ndim, str(path))
             if "C" not in ax:
                 raise ImageError(f"{path}: paper-layout files need a channel axis (C), got axes "
                                  f"{ax!r}")
@@ -118,7 +161,7 @@ def load_pairs(folder: str | Path, layout: Layout = "auto",
             if planes.shape[1] < 2:
                 raise ImageError(f"{path}: paper-layout files need >= 2 channels (0 = confocal "
                                  f"target, 1 = widefield input), found {planes.shape[1]}")
-            names.append(path.stem)
+            names.append(image_name(path))
             targets.append(planes[:, 0].astype(np.float32))
             inputs.append(planes[:, 1:].astype(np.float32))
     else:
@@ -139,7 +182,7 @@ def load_pairs(folder: str | Path, layout: Layout = "auto",
                                  f"match: input and target must have the same planes and size")
             if yp.shape[1] != 1:
                 raise ImageError(f"{tpath}: the target must have one channel, found {yp.shape[1]}")
-            names.append(path.stem)
+            names.append(image_name(path))
             targets.append(yp[:, 0].astype(np.float32))
             inputs.append(xp.astype(np.float32))
     n_ch = {i.shape[1] for i in inputs}

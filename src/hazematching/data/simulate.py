@@ -1,9 +1,10 @@
 """Paired widefield/confocal images from microsim, and from a user's own 3-D stack.
 
-* :func:`simulate_microsim` renders a ground-truth volume (microsim's ``MatsLines`` filaments
-  and/or blobs), images it with microsim's ``Widefield`` and ``Confocal`` modalities (vectorial
-  PSFs) and records both with the same sCMOS camera model, and returns the central plane of
-  each. microsim is an optional dependency (``pip install 'hazematching[simulate]'``).
+* :func:`microsim_images` images ground-truth volumes with microsim's ``Widefield`` and
+  ``Confocal`` modalities (vectorial PSFs), records both with the same sCMOS camera model and
+  returns the central plane of each; :func:`simulate_microsim` feeds it random volumes
+  (microsim's ``MatsLines`` filaments and/or blobs), :mod:`.real_structure` real fluorescence
+  images. microsim is an optional dependency (``pip install 'hazematching[simulate]'``).
 * :func:`simulate_from_stack` turns any fluorescence z-stack into pairs with the scalar PSFs of
   :mod:`.psf`: the widefield input of a plane is the whole stack convolved with the widefield PSF
   (out-of-focus planes become haze) plus camera noise; the target is the plane itself or its
@@ -17,7 +18,7 @@ import io
 import logging
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import SimpleNamespace
 from typing import Any, Literal
 
@@ -43,13 +44,13 @@ INSTALL_HINT = "pip install 'hazematching[simulate]'"
 # ------------------------------------------------------------------------------------ microsim
 
 
-class MicrosimConfig(CameraConfig):
-    """Parameters of a microsim dataset (everything but the number of pairs and the seed).
+class MicrosimOptics(CameraConfig):
+    """How microsim images a ground truth: its grid, the objective, pinhole, camera, exposure.
 
     The ground truth is rendered ``upsample`` times finer laterally than the camera pixels and
     summed into them (pixel integration); its planes are ``dz_um`` apart and the image is the
     central plane. The photon budget is ``concentration`` (fluorophores per labelled voxel) ×
-    ``exposure_ms``; the defaults give ~100 signal photons per widefield pixel.
+    ``exposure_ms``.
     """
 
     size: int = Field(128, ge=16, description="Side of the output images, camera pixels.")
@@ -64,6 +65,22 @@ class MicrosimConfig(CameraConfig):
     specimen_ri: float = Field(1.47, ge=1.0, description="Specimen refractive index (a mismatch "
                                "adds depth aberrations in microsim's vectorial PSF).")
     pinhole_au: float = Field(1.0, ge=0.0, description="Confocal pinhole diameter, Airy units.")
+    concentration: float = Field(1000.0, gt=0.0, description="Fluorophores per labelled "
+                                 "ground-truth voxel (brightness).")
+    exposure_ms: float = Field(100.0, gt=0.0, description="Exposure time, ms.")
+
+    @model_validator(mode="after")
+    def _na_below_index(self) -> MicrosimOptics:
+        if self.na >= self.immersion_ri:
+            raise ValueError(f"na={self.na} must be smaller than immersion_ri="
+                             f"{self.immersion_ri}")
+        return self
+
+
+class MicrosimConfig(MicrosimOptics):
+    """Parameters of a microsim dataset of random filaments and blobs (everything but the number
+    of pairs and the seed); the defaults give ~100 signal photons per widefield pixel."""
+
     structure: Structure = Field("mixed", description="'filaments' (microsim MatsLines), "
                                  "'blobs' (filled spheres and vesicles) or 'mixed'.")
     line_density: float = Field(1.0, gt=0.0, description="MatsLines density: lines per "
@@ -76,16 +93,6 @@ class MicrosimConfig(CameraConfig):
     blob_density: float = Field(60.0, ge=0.0, description="Blobs per 1000 µm³.")
     in_focus_fraction: float = Field(0.3, ge=0.0, le=1.0, description="Fraction of blobs at "
                                      "the focal plane.")
-    concentration: float = Field(1000.0, gt=0.0, description="Fluorophores per labelled "
-                                 "ground-truth voxel (brightness).")
-    exposure_ms: float = Field(100.0, gt=0.0, description="Exposure time, ms.")
-
-    @model_validator(mode="after")
-    def _na_below_index(self) -> MicrosimConfig:
-        if self.na >= self.immersion_ri:
-            raise ValueError(f"na={self.na} must be smaller than immersion_ri="
-                             f"{self.immersion_ri}")
-        return self
 
 
 @contextlib.contextmanager
@@ -177,16 +184,18 @@ def _microsim_truth(ms: SimpleNamespace, cfg: MicrosimConfig, seed: int) -> np.n
     return truth * cfg.concentration
 
 
+#: Ground truth of pair ``i`` from its seed: ``truth(i, seed)`` → float32
+#: ``(depth, side·upsample, side·upsample)`` fluorophores per voxel (see :func:`microsim_images`).
+TruthFn = Callable[[int, int], np.ndarray]
+
+
 def simulate_microsim(n: int, size: int | None = None, *, seed: int = 0,
                       config: MicrosimConfig | None = None, progress: bool = False,
                       **params: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Simulate `n` (confocal target, widefield input) pairs with microsim.
+    """Simulate `n` (confocal target, widefield input) pairs of random filaments and blobs.
 
-    Both images of a pair share one ground truth and one camera model (CMOS: QE, offset, read
-    noise, shot noise, 16-bit ADC with ``gain`` ADU per electron); each has its own noise. Pair
-    ``i`` depends only on ``(seed, i)`` and the config. Runs offline: a built-in broadband
-    fluorophore and microsim's FITC filter set (emission ~525 nm), nothing fetched, nothing
-    cached on disk.
+    The imaging is :func:`microsim_images`; this draws the ground truths (microsim's
+    ``MatsLines`` filaments and/or blobs, see :class:`MicrosimConfig`).
 
     Args:
         n: number of pairs (≥ 1).
@@ -209,6 +218,49 @@ def simulate_microsim(n: int, size: int | None = None, *, seed: int = 0,
     cfg = with_overrides(config or MicrosimConfig(), **({} if size is None else {"size": size}),
                          **params)
     ms = _import_microsim()
+    return microsim_images(n, lambda _i, pair_seed: _microsim_truth(ms, cfg, pair_seed),
+                           seed=seed, config=cfg, progress=progress)
+
+
+def microsim_images(n: int, truth: TruthFn, *, seed: int, config: MicrosimOptics,
+                    margin: int = 0, progress: bool = False,
+                    description: str = "microsim pairs") -> tuple[np.ndarray, np.ndarray]:
+    """Image `n` ground truths with microsim: a confocal target and a widefield input each.
+
+    Both images of a pair share one ground truth and one camera model (CMOS: QE, offset, read
+    noise, shot noise, 16-bit ADC with ``gain`` ADU per electron); each has its own noise. Pair
+    ``i`` depends only on ``(seed, i)``, `truth` and the config. Runs offline: a built-in
+    broadband fluorophore and microsim's FITC filter set (emission ~525 nm), nothing fetched,
+    nothing cached on disk.
+
+    Args:
+        n: number of pairs (≥ 1).
+        truth: ``truth(i, pair_seed)`` → float32 ``(config.depth, (config.size + 2·margin)·
+            config.upsample, same)`` fluorophores per voxel, voxels of ``(dz_um,
+            pixel_size_um / upsample, pixel_size_um / upsample)``; the focal plane is its plane
+            ``depth // 2``. numpy's global generator is seeded with `pair_seed` before the call.
+        seed: random seed.
+        config: the grid, optics and camera.
+        margin: camera pixels of context imaged around every output image and cut away: their
+            structure sends light into the image as it does in a larger field of view, where
+            the simulation's edges would otherwise be dark (microsim's convolution is linear).
+        progress: show a progress bar labelled `description`.
+
+    Returns:
+        ``(target, widefield)``: float32 ``(n, size, size)`` each, camera ADU, the central plane
+        of the confocal and of the widefield simulation.
+
+    Raises:
+        ImportError: microsim is not installed (install with ``pip install
+            'hazematching[simulate]'``).
+        ValueError: `truth` returned a volume of another shape.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1 pairs, got {n}")
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0 camera pixels, got {margin}")
+    cfg = config
+    ms = _import_microsim()
     objective = ms.ObjectiveLens(numerical_aperture=cfg.na, immersion_medium_ri=cfg.immersion_ri,
                                  immersion_medium_ri_spec=cfg.immersion_ri,
                                  specimen_ri=cfg.specimen_ri)
@@ -220,23 +272,29 @@ def simulate_microsim(n: int, size: int | None = None, *, seed: int = 0,
     settings = ms.Settings(random_seed=None, cache=False, np_backend="numpy")
     modalities = (ms.Confocal(pinhole_au=cfg.pinhole_au), ms.Widefield())
     seeds = [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(n)]
+    fine = (cfg.size + 2 * margin) * cfg.upsample
+    crop = (slice(margin, margin + cfg.size),) * 2
     target = np.empty((n, cfg.size, cfg.size), dtype=np.float32)
     widefield = np.empty_like(target)
-    with _microsim_environment(), progress_bar(n, "microsim pairs", progress) as advance:
+    with _microsim_environment(), progress_bar(n, description, progress) as advance:
         for i, pair_seed in enumerate(seeds):
             # MatsLines and microsim's camera draw from numpy's global generator: seeding it
             # per pair makes pair i depend only on (seed, i).
             np.random.seed(pair_seed)
-            truth = _microsim_truth(ms, cfg, pair_seed)
+            volume = truth(i, pair_seed)
+            if volume.shape != (cfg.depth, fine, fine):
+                raise ValueError(f"ground truth {i} has shape {volume.shape}; expected "
+                                 f"{(cfg.depth, fine, fine)} (depth, (size + 2·margin)·upsample "
+                                 f"twice)")
             for out, modality in zip((target, widefield), modalities, strict=True):
                 sim = ms.Simulation.from_ground_truth(
-                    truth, scale=scale, output_space=ms.DownscaledSpace(
+                    volume, scale=scale, output_space=ms.DownscaledSpace(
                         downscale=(1, cfg.upsample, cfg.upsample)),
                     modality=modality, objective_lens=objective, detector=camera,
                     settings=settings, exposure_ms=cfg.exposure_ms)
                 with _quiet_stderr(enabled=i == 0):
                     image = np.asarray(sim.digital_image())  # (C, Z, Y, X) uint16 ADU
-                out[i] = image[0, cfg.depth // 2]
+                out[i] = image[0, cfg.depth // 2][crop]
             advance(1)
     return target, widefield
 

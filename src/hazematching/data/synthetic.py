@@ -377,27 +377,69 @@ def write_pairs(folder: str | Path, target: np.ndarray, widefield: np.ndarray, *
     Returns:
         The final file paths per split.
     """
-    folder = Path(folder)
+    return write_split_pairs(folder, split_pairs(target, widefield, split_fractions),
+                             metadata=metadata, pixel_size_um=pixel_size_um, overwrite=overwrite)
+
+
+def split_pairs(target: np.ndarray, widefield: np.ndarray, split_fractions: Sequence[float]
+                ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``(n, Y, X)`` pairs cut in order into ``{split: (target, widefield)}`` by
+    :func:`split_counts`: the first pairs are train, then val, then test."""
     target, widefield = np.asarray(target), np.asarray(widefield)
     if target.ndim != 3 or target.shape != widefield.shape:
         raise ValueError(f"target and widefield must both be (n, Y, X) with equal shapes, got "
                          f"{target.shape} and {widefield.shape}")
+    counts = split_counts(len(target), split_fractions)
+    bounds = np.cumsum([0] + [counts[s] for s in SPLITS])
+    return {s: (target[a:b], widefield[a:b])
+            for s, a, b in zip(SPLITS, bounds[:-1], bounds[1:], strict=True)}
+
+
+def write_split_pairs(folder: str | Path,
+                      splits: Mapping[str, tuple[np.ndarray, np.ndarray]], *,
+                      metadata: Mapping[str, Any] | None = None,
+                      pixel_size_um: float | None = None,
+                      overwrite: bool = False) -> dict[str, list[Path]]:
+    """Write pairs already assigned to splits in the paper layout (see :func:`write_pairs`).
+
+    Files are numbered on across the splits in the order train, val, test; image sizes may
+    differ between splits. Written into a hidden temporary folder and renamed at the end.
+
+    Args:
+        folder: destination; must not exist unless `overwrite`.
+        splits: ``{"train" | "val" | "test": (target, widefield)}``, each ``(n, Y, X)`` of
+            equal shapes; a split left out (or with n = 0) gets an empty folder.
+        metadata, pixel_size_um, overwrite: as for :func:`write_pairs`.
+
+    Returns:
+        The final file paths per split.
+    """
+    folder = Path(folder)
+    unknown = sorted(set(splits) - set(SPLITS))
+    if unknown:
+        raise ValueError(f"unknown split(s) {unknown}; expected {', '.join(SPLITS)}")
+    arrays = {s: tuple(np.asarray(a) for a in splits.get(s, (np.empty((0, 1, 1)),) * 2))
+              for s in SPLITS}
+    for split, (target, widefield) in arrays.items():
+        if target.ndim != 3 or target.shape != widefield.shape:
+            raise ValueError(f"{split}: target and widefield must both be (n, Y, X) with equal "
+                             f"shapes, got {target.shape} and {widefield.shape}")
     if folder.exists() and not overwrite:
         raise FileExistsError(f"{folder} already exists; choose a new folder or pass "
                               f"overwrite=True (--overwrite) to replace it")
-    counts = split_counts(len(target), split_fractions)
+    total = sum(len(t) for t, _ in arrays.values())
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = staging_dir(folder.parent, f".{folder.name}.", ".partial")
-    width = max(5, len(str(len(target) - 1)))
+    width = max(5, len(str(total - 1)))
     paths: dict[str, list[Path]] = {}
     try:
         index = 0
         for split in SPLITS:
             (tmp / split).mkdir()
             paths[split] = []
-            for _ in range(counts[split]):
+            for target_img, widefield_img in zip(*arrays[split], strict=True):
                 name = f"{index:0{width}d}.tif"
-                pair = np.stack([target[index], widefield[index]]).astype(np.float32)
+                pair = np.stack([target_img, widefield_img]).astype(np.float32)
                 write_tiff(tmp / split / name, pair, "CYX", pixel_size_um=pixel_size_um)
                 paths[split].append(folder / split / name)
                 index += 1

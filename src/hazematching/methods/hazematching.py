@@ -42,12 +42,17 @@ class HazeMatching(Method):
         return self.net(t, torch.cat([x, cond], dim=1))
 
     def sample_t(self, n: int, like: Tensor) -> Tensor:
-        """Training times (n,): the paper's uniform grid by default, or U(0, 1)."""
+        """Training times (n,): the paper's uniform grid by default, or U(0, 1); a share
+        ``training.t0_fraction`` of them (in expectation) set to 0."""
         tc = self.config.training
         if tc.t_sampling == "grid":
             grid = time_grid(tc.n_time_points, like.device).to(like.dtype)
-            return grid[torch.randint(0, tc.n_time_points, (n,), device=like.device)]
-        return torch.rand(n, device=like.device, dtype=like.dtype)
+            t = grid[torch.randint(0, tc.n_time_points, (n,), device=like.device)]
+        else:
+            t = torch.rand(n, device=like.device, dtype=like.dtype)
+        if tc.t0_fraction > 0:
+            t = torch.where(torch.rand(n, device=like.device) < tc.t0_fraction, 0.0, t)
+        return t
 
     def start(self, cond: Tensor, noise: Tensor, *, training: bool = False) -> Tensor:
         """Path start x0 (B, 1, H, W) from standard-normal `noise`: the noise itself. Flows

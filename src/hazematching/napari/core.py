@@ -1,22 +1,28 @@
 """The plugin's work without Qt: presets, layer checks, result layers and the long tasks.
 
 The long tasks (:func:`predict_task`, :func:`train_task`) are generators: they yield
-:class:`Progress` between chunks of work and return their result. A worker thread runs them
-(napari's ``thread_worker``), and stopping at a yield is how Cancel works — ``Model.predict`` and
-``Model.fit`` have no cancel hook, so prediction runs plane by plane and training epoch by epoch.
+:class:`Progress` as work is done and return their result. A worker thread runs them (napari's
+``thread_worker``); each long library call inside (``Model.predict``, ``Model.fit``) runs in a
+helper thread whose progress hook (``progress_callback``, a Lightning callback) reports to the
+generator, which yields it, and checks the task's `cancel` event: a prediction stops within one
+network batch, a training after the current step. A cancelled task raises :class:`Cancelled`.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Generator, Sequence
+import queue
+import threading
+from collections.abc import Callable, Generator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
+import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import Callback, Timer
 from numpy.typing import ArrayLike
 
 from hazematching.api import Model, Prediction, load_model
@@ -24,7 +30,6 @@ from hazematching.cli.common import USER_ERRORS
 from hazematching.config import AXES_ALLOWED, SAMPLING_PRESETS, ModelConfig, preset_overrides
 from hazematching.data.pairs import PairedImages, load_pairs, resolve_split_dirs
 from hazematching.io import check_axes, to_planes
-from hazematching.training import CHECKPOINT_DIR, read_checkpoint
 
 #: Sampling presets offered: the library's named ones (``config.SAMPLING_PRESETS``: "fast", the
 #: default configuration, and "paper", the published inference) and "model", the sampling
@@ -54,6 +59,46 @@ class TaskFailed(Exception):
     """
 
 
+class Cancelled(Exception):
+    """A task stopped because its `cancel` event was set; the message says what was kept.
+    (Not a RuntimeError, for the reason given at :class:`TaskFailed`.)"""
+
+
+_T = TypeVar("_T")
+
+
+def _in_helper_thread(call: Callable[[Callable[[Progress], None]], _T],
+                      cancel: threading.Event) -> Generator[Progress, None, _T]:
+    """Run ``call(report)`` in a helper thread, yield each :class:`Progress` it reports, and
+    return its result (or raise its exception).
+
+    This is how a task keeps yielding, and so the viewer's progress bar keeps moving, while one
+    long library call runs. ``report`` returns once the step has been handed on (the generator
+    is resumed after yielding it), so the call never runs ahead of its consumer: a consumer
+    that sets `cancel` on seeing a step stops the call right there. Closing the generator sets
+    `cancel` and waits for the call to end, so no call outlives its task.
+    """
+    updates: queue.SimpleQueue[Progress | None] = queue.SimpleQueue()
+    handed_on = threading.Semaphore(0)
+
+    def report(step: Progress) -> None:
+        updates.put(step)
+        handed_on.acquire()
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hazematching-task") as pool:
+        future = pool.submit(call, report)
+        future.add_done_callback(lambda _: updates.put(None))
+        while (step := updates.get()) is not None:
+            try:
+                yield step
+            except BaseException:  # closed or thrown into: stop the call before waiting for it
+                cancel.set()
+                raise
+            finally:
+                handed_on.release()
+    return future.result()
+
+
 def user_message(err: BaseException) -> str:
     """The message to show for `err`: the text of the errors the CLI reports as the user's to
     fix (see ``cli.common.USER_ERRORS``), with the exception's type for anything else."""
@@ -65,6 +110,8 @@ def guarded(task: Generator[Progress, None, Any]) -> Generator[Progress, None, A
     :func:`user_message`."""
     try:
         return (yield from task)
+    except Cancelled:
+        raise
     except Exception as err:
         raise TaskFailed(user_message(err)) from err
 
@@ -158,11 +205,12 @@ class PredictResult:
 
 def predict_task(model_path: str | Path, image: ArrayLike, axes: str, *, preset: str = "fast",
                  n_samples: int | None = None, return_samples: bool = False,
-                 device: str = "auto") -> Generator[Progress, None, PredictResult]:
+                 device: str = "auto", cancel: threading.Event | None = None
+                 ) -> Generator[Progress, None, PredictResult]:
     """Load a model and dehaze `image` through ``Model.predict``, one plane at a time.
 
-    Planes of a stack (Z, T or S axis) are predicted one by one so that the task can stop
-    between them; each plane gets its own seed (``sampling.seed + plane``, if the model is
+    Planes of a stack (Z, T or S axis) are predicted one by one, so that a lazy stack is read a
+    plane at a time; each plane gets its own seed (``sampling.seed + plane``, if the model is
     seeded), as the planes of one call would draw different noise.
 
     Args:
@@ -173,36 +221,51 @@ def predict_task(model_path: str | Path, image: ArrayLike, axes: str, *, preset:
         n_samples: posterior samples per pixel; None = the preset's (or the model's) setting.
         return_samples: keep the samples, (S, …, Y, X).
         device: 'auto', 'cpu', 'cuda:0', ….
+        cancel: set it (from any thread) to stop the prediction within one network batch.
 
     Yields:
-        :class:`Progress`: loading, then per plane (total 0 = one step of unknown length).
+        :class:`Progress`: loading (total 0: of unknown length), then in work units (one sample
+        of one tile; every plane has as many) after each network batch, then "done".
 
     Returns:
         :class:`PredictResult`; for an image without a plane axis its prediction is exactly
         what one ``Model.predict`` call gives.
+
+    Raises:
+        Cancelled: `cancel` was set; nothing is returned.
     """
+    cancel = cancel or threading.Event()
     overrides = {} if preset == "model" else preset_overrides(preset)
     axes = check_axes(axes, np.ndim(image))
     plane_axis = axes[0] if axes[0] in _PLANE_AXES else None
     n_planes = image.shape[0] if plane_axis else 1
-    yield Progress(0, n_planes if n_planes > 1 else 0, f"loading {Path(model_path).name}")
+    yield Progress(0, 0, f"loading {Path(model_path).name}")
     model = load_model(model_path)
     model.reconfigure(overrides)
     n_used = model.n_samples_for(n_samples)
-    if not plane_axis:
-        yield Progress(0, 0, f"sampling {n_used} sample(s)")
-        pred = model.predict(np.asarray(image), axes, n_samples=n_samples,
-                             return_samples=return_samples, device=device)
-    else:
-        base_seed, planes = model.config.sampling.seed, []
-        for i in range(n_planes):
-            yield Progress(i, n_planes, f"plane {i + 1}/{n_planes}: {n_used} sample(s)")
-            if base_seed is not None:
-                model.reconfigure({"sampling.seed": base_seed + i})
-            planes.append(model.predict(np.asarray(image[i]), axes[1:], n_samples=n_samples,
-                                        return_samples=return_samples, device=device))
-        pred = _stack_planes(planes, axes.replace("C", ""))
-    yield Progress(n_planes, n_planes, "done")
+    base_seed, planes = model.config.sampling.seed, []
+    for i in range(n_planes):
+        text = f"plane {i + 1}/{n_planes}: " if plane_axis else ""
+        text += f"{n_used} sample(s)" if model.method.stochastic else "predicting"
+        if plane_axis and base_seed is not None:
+            model.reconfigure({"sampling.seed": base_seed + i})
+
+        def predict_plane(report: Callable[[Progress], None], i: int = i, text: str = text
+                          ) -> Prediction:
+            def on_units(done: int, total: int) -> None:
+                if not cancel.is_set():
+                    report(Progress(i * total + done, n_planes * total, text))
+                if cancel.is_set():
+                    raise Cancelled("cancelled")
+
+            plane = np.asarray(image[i] if plane_axis else image)
+            return model.predict(plane, axes[1:] if plane_axis else axes, n_samples=n_samples,
+                                 return_samples=return_samples, device=device,
+                                 progress_callback=on_units)
+
+        planes.append((yield from _in_helper_thread(predict_plane, cancel)))
+    pred = _stack_planes(planes, axes.replace("C", "")) if plane_axis else planes[0]
+    yield Progress(1, 1, "done")
     return PredictResult(pred, str(model_path), model.config.method, n_used, preset,
                          model.method.stochastic, model.calibration is not None,
                          model.config.sampling.model_dump(mode="json"))
@@ -315,14 +378,13 @@ def folder_training_pairs(root: str | Path, config: ModelConfig
 
 def train_task(config: ModelConfig, data: str | Path | tuple[PairedImages, PairedImages],
                out_dir: str | Path, *, epochs: int, minutes: float | None = None,
-               calibrate: bool = True) -> Generator[Progress, None, Path]:
-    """Train a model with ``Model.fit``, one epoch per call, then optionally calibrate it.
+               calibrate: bool = True, cancel: threading.Event | None = None
+               ) -> Generator[Progress, None, Path]:
+    """Train a model with one ``Model.fit`` call, then optionally calibrate it.
 
-    Each call resumes from ``out_dir/checkpoints/last.ckpt`` and saves the model directory, so
-    stopping between epochs leaves a model that loads; a folder that already has checkpoints
-    continues from them (as the CLI does). The training seed is advanced per epoch, so that
-    each epoch draws new noise. Lightning restores its timer from the checkpoint, so `minutes`
-    bounds the training time of all calls together.
+    A folder that already has checkpoints continues from ``checkpoints/last.ckpt`` (as the CLI
+    does): its epochs count towards `epochs` and, as Lightning restores its timer, its training
+    time towards `minutes`.
 
     Args:
         config: the model config (its ``training.epochs``/``max_minutes`` are replaced).
@@ -331,14 +393,24 @@ def train_task(config: ModelConfig, data: str | Path | tuple[PairedImages, Paire
         epochs: total epochs to train (counting those of a resumed run).
         minutes: wall-clock training budget; None = no limit.
         calibrate: fit the std calibration on `val` afterwards (stochastic methods).
+        cancel: set it (from any thread) to stop the training after its current step.
+            Lightning then validates and writes ``best.ckpt`` and ``last.ckpt``, and the model
+            directory is saved (with the best checkpoint's weights, uncalibrated): nothing
+            trained is lost. Training into the folder again resumes from that step's
+            checkpoint; Lightning counts the interrupted epoch as done (its data loader has no
+            state to resume mid-epoch), so it continues with the next epoch.
 
     Yields:
-        :class:`Progress` in epochs (epoch budget) or seconds (time budget, if that is the
-        tighter bound).
+        :class:`Progress` after every training batch, in batches (epoch budget) or seconds
+        (time budget, if that is the tighter bound), then the calibration.
 
     Returns:
         The model directory.
+
+    Raises:
+        Cancelled: `cancel` was set; its message says where the model is.
     """
+    cancel = cancel or threading.Event()
     out = Path(out_dir)
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -347,48 +419,60 @@ def train_task(config: ModelConfig, data: str | Path | tuple[PairedImages, Paire
     else:
         yield Progress(0, 0, f"reading {data}")
         train, val = folder_training_pairs(data, config)
-    base = config.with_overrides({"training.max_minutes": minutes or None,
-                                  "training.progress_bar": False}, source="train widget")
-    last = out / CHECKPOINT_DIR / "last.ckpt"
-    done = finished_epochs(read_checkpoint(last)) if last.exists() else 0
-    start, model = time.monotonic(), None
-    while model is None or done < epochs:
-        yield training_progress(done, epochs, time.monotonic() - start, minutes)
-        # Past the budget already (a resumed folder), one call with no epoch to train loads it.
-        target = done + 1 if done < epochs else done
-        chunk = base.with_overrides({"training.epochs": target,
-                                     "training.seed": base.training.seed + done})
-        model = Model(chunk).fit(train, val, out_dir=out, resume=True)
-        reached = int(model.training_summary.get("epochs", target))
-        if reached < target:
-            break  # the time budget ran out within the epoch
-        done = reached
-    yield training_progress(done, epochs, time.monotonic() - start, minutes)
+    # The calibration runs below, where a cancelled training skips it.
+    cfg = config.with_overrides({"training.epochs": epochs, "training.max_minutes": minutes or None,
+                                 "training.progress_bar": False, "training.calibrate": False},
+                                source="train widget")
+    yield Progress(0, 0, "preparing the training")
+
+    def fit(report: Callable[[Progress], None]) -> Model:
+        hook = _TrainingHook(cancel, report, minutes)
+        return Model(cfg).fit(train, val, out_dir=out, resume=True, callbacks=[hook])
+
+    model = yield from _in_helper_thread(fit, cancel)
+    summary = model.training_summary
+    if cancel.is_set():
+        raise Cancelled(f"cancelled after training step {summary.get('steps', 0)}; the model "
+                        f"is saved in {out} (uncalibrated), and training into that folder again "
+                        f"continues from that step, with the next epoch")
+    yield Progress(1, 1, f"trained {summary.get('epochs', epochs)} epoch(s), "
+                         f"{summary.get('steps', 0)} step(s)")
     if calibrate and model.method.stochastic:
         yield Progress(0, 0, "calibrating the std on the validation pairs")
         model.calibrate(val)
     return out
 
 
-def finished_epochs(checkpoint: dict[str, Any]) -> int:
-    """Epochs a Lightning checkpoint has finished, i.e. the epoch a resumed run starts at.
+class _TrainingHook(Callback):
+    """Reports a training's progress after every batch and, once `cancel` is set, asks
+    Lightning to stop: it honours ``trainer.should_stop`` after the current step (mid-epoch),
+    validates, writes its checkpoints and ends the fit."""
 
-    Its fit loop's count of processed epochs; its ``epoch`` key is the 0-based epoch it was
-    written in, one less when written at validation end and equal after the epoch's end, so it
-    is only the fallback (never more than the truth, which is what resuming needs)."""
-    loops = checkpoint.get("loops", {}).get("fit_loop", {})
-    processed = loops.get("epoch_progress", {}).get("current", {}).get("processed")
-    return int(processed if processed is not None else checkpoint.get("epoch", 0))
+    def __init__(self, cancel: threading.Event, report: Callable[[Progress], None],
+                 minutes: float | None):
+        self.cancel, self.report, self.minutes = cancel, report, minutes
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        elapsed = timer.time_elapsed("train") if timer is not None else 0.0
+        self.report(training_progress(trainer.current_epoch + 1, trainer.max_epochs,
+                                      batch_idx + 1, int(trainer.num_training_batches),
+                                      elapsed, self.minutes))
+        if self.cancel.is_set():
+            trainer.should_stop = True
 
 
-def training_progress(done: int, epochs: int, elapsed_s: float,
+def training_progress(epoch: int, epochs: int, batch: int, batches: int, elapsed_s: float,
                       minutes: float | None) -> Progress:
-    """Progress of a training in epochs, or in seconds when the time budget (`minutes`, None =
+    """Progress of a training in batches — batch `batch` of `batches` per epoch in epoch
+    `epoch` of `epochs` (both 1-based) — or in seconds when the time budget (`minutes`, None =
     none) is the further advanced of the two."""
-    text = f"epoch {done}/{epochs}"
+    done, total = (epoch - 1) * batches + batch, epochs * batches
+    text = f"epoch {epoch}/{epochs}, batch {batch}/{batches}"
     if minutes:
         budget = max(1, round(minutes * 60))
         text += f", {elapsed_s / 60:.1f} of {minutes:g} min"
-        if elapsed_s / budget > done / epochs:
+        if elapsed_s / budget > done / total:
             return Progress(min(int(elapsed_s), budget), budget, text)
-    return Progress(min(done, epochs), epochs, text)
+    return Progress(min(done, total), total, text)

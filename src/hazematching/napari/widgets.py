@@ -1,12 +1,14 @@
 """The dock widgets: thin magicgui/Qt forms over :mod:`hazematching.napari.core`.
 
 Each widget runs one task at a time in a worker thread (napari's ``create_worker``), shows its
-:class:`~hazematching.napari.core.Progress` in a progress bar and a status line, stops it at the
-next chunk on Cancel, and reports errors as napari notifications with the CLI's messages.
+:class:`~hazematching.napari.core.Progress` in a progress bar and a status line, stops it on
+Cancel through the task's cancel event (a prediction within one network batch, a training after
+its current step), and reports errors as napari notifications with the CLI's messages.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -31,10 +33,10 @@ from napari.utils.notifications import show_error, show_info
 
 from hazematching.cli.common import USER_ERRORS
 from hazematching.config import SAMPLING_PRESETS, ModelConfig
-from hazematching.model_io import META_FILE
 from hazematching.napari.core import (
     AXES_CHOICES,
     PRESET_CHOICES,
+    Cancelled,
     LayerSpec,
     PredictResult,
     Progress,
@@ -52,8 +54,8 @@ from hazematching.napari.core import (
 class _TaskWidget(Container):
     """Fields, then Run/Cancel buttons, a progress bar and a status line for one task at a time.
 
-    Subclasses build the task from their fields in :meth:`make_task` (raising ValueError & co.
-    for bad input) and use its result in :meth:`on_result`.
+    Subclasses build the task from their fields and the run's cancel event in :meth:`make_task`
+    (raising ValueError & co. for bad input) and use its result in :meth:`on_result`.
     """
 
     def __init__(self, viewer: napari.viewer.Viewer, fields: list[Widget], run_text: str):
@@ -67,10 +69,12 @@ class _TaskWidget(Container):
         super().__init__(widgets=[*fields, buttons, self.progress, self.status])
         #: The running task's worker, None when idle.
         self.worker: GeneratorWorker | None = None
+        #: Set by Cancel; the running task checks it inside its long calls.
+        self.cancel_event = threading.Event()
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
 
-    def make_task(self) -> Generator[Progress, None, Any]:
+    def make_task(self, cancel: threading.Event) -> Generator[Progress, None, Any]:
         raise NotImplementedError
 
     def on_result(self, result: Any) -> None:
@@ -80,8 +84,9 @@ class _TaskWidget(Container):
         """Start the task (in a worker thread); bad input is reported and starts nothing."""
         if self.worker is not None:
             return
+        self.cancel_event = threading.Event()
         try:
-            task = self.make_task()
+            task = self.make_task(self.cancel_event)
         except USER_ERRORS as err:
             self._fail(user_message(err))
             return
@@ -89,15 +94,14 @@ class _TaskWidget(Container):
         self.progress.max, self.progress.value = 0, 0
         self.worker = create_worker(guarded, task, _start_thread=False, _connect={
             "yielded": self._show_progress, "returned": self._finish_result,
-            "errored": lambda err: self._fail(str(err)), "aborted": self._aborted,
-            "finished": self._idle})
+            "errored": self._errored, "finished": self._idle})
         self.worker.start()
 
     def cancel(self) -> None:
-        """Stop the task at its next step (a plane of a stack, an epoch); a cancelled prediction
-        adds no layers, a cancelled training keeps the model of its last finished epoch."""
+        """Stop the task: a prediction within one network batch (it adds no layers), a training
+        after its current step (its model is saved and resumable)."""
         if self.worker is not None:
-            self.worker.quit()
+            self.cancel_event.set()
             self.cancel_button.enabled = False
             self.status.value = "cancelling after the current step…"
 
@@ -112,12 +116,15 @@ class _TaskWidget(Container):
         except USER_ERRORS as err:
             self._fail(user_message(err))
 
+    def _errored(self, err: Exception) -> None:
+        if isinstance(err, Cancelled):
+            self.status.value = str(err)  # the task says what it kept
+        else:
+            self._fail(str(err))
+
     def _fail(self, message: str) -> None:
         self.status.value = f"error: {message}"
         show_error(message)
-
-    def _aborted(self) -> None:
-        self.status.value = "cancelled"
 
     def _idle(self) -> None:
         self.worker = None
@@ -150,7 +157,7 @@ class PredictWidget(_TaskWidget):
                                   self.preset, self.device, self.keep_samples], "Dehaze")
         self._source: tuple[LayerSpec, str] | None = None
 
-    def make_task(self) -> Generator[Progress, None, PredictResult]:
+    def make_task(self, cancel: threading.Event) -> Generator[Progress, None, PredictResult]:
         layer = self.image.value
         if self.model_path.value is None:
             raise ValueError("choose a model directory or .zip archive")
@@ -162,7 +169,8 @@ class PredictWidget(_TaskWidget):
         self._source = (_layer_spec(layer), axes)
         return predict_task(self.model_path.value, layer.data, axes,
                             preset=self.preset.value, n_samples=self.n_samples.value or None,
-                            return_samples=self.keep_samples.value, device=self.device.value)
+                            return_samples=self.keep_samples.value, device=self.device.value,
+                            cancel=cancel)
 
     def on_result(self, result: PredictResult) -> None:
         assert self._source is not None
@@ -208,7 +216,7 @@ class TrainWidget(_TaskWidget):
             w.visible = source == "layers"
         self.folder.visible = source == "folder"
 
-    def make_task(self) -> Generator[Progress, None, Any]:
+    def make_task(self, cancel: threading.Event) -> Generator[Progress, None, Any]:
         config = ModelConfig() if self.config.value is None else ModelConfig.from_yaml(
             self.config.value)
         if self.out_dir.value is None:
@@ -229,17 +237,12 @@ class TrainWidget(_TaskWidget):
                                         val_fraction=config.data.val_fraction,
                                         names=(cf.name, wf.name))
         return train_task(config, data, self.out_dir.value, epochs=self.epochs.value,
-                          minutes=self.minutes.value or None, calibrate=self.calibrate.value)
+                          minutes=self.minutes.value or None, calibrate=self.calibrate.value,
+                          cancel=cancel)
 
     def on_result(self, result: Any) -> None:
         self.status.value = f"model saved to {result}"
         show_info(f"hazematching: model saved to {result}")
-
-    def _aborted(self) -> None:
-        out = self.out_dir.value
-        self.status.value = (f"cancelled; the model of the last finished epoch is in {out}"
-                             if out is not None and (out / META_FILE).exists()
-                             else "cancelled before the first epoch finished")
 
 
 def _image_layers(viewer: napari.viewer.Viewer) -> Callable[[Widget], list[tuple[str, Image]]]:
