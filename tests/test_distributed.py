@@ -42,14 +42,14 @@ def inputs(tmp_path_factory) -> Path:
     return folder
 
 
-def _predict_on_two_ranks(model_dir: Path, inputs: Path, out: Path
+def _predict_on_two_ranks(model_dir: Path, inputs: Path, out: Path, *options: str
                           ) -> subprocess.CompletedProcess:
     """`hazematching predict … --devices 2` in a fresh process: Lightning re-runs the command
     for rank 1, as it would for a user (so it cannot run inside pytest's process)."""
     command = Path(sys.executable).with_name("hazematching")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, str(command), "predict", str(model_dir), str(inputs),
-                           "--out", str(out), *SAMPLING, *TWO_CPU_RANKS],
+                           "--out", str(out), *SAMPLING, *TWO_CPU_RANKS, *options],
                           capture_output=True, text=True, timeout=300, env=env, cwd=out.parent)
 
 
@@ -86,6 +86,63 @@ def test_two_ranks_write_what_one_process_writes(model_dir, inputs, tmp_path):
         assert (out / name).read_bytes() == (ref / name).read_bytes(), name
     after = (out / "a_mmse.tif").stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*"))
+            if f.is_file()}
+
+
+@pytest.mark.slow
+def test_two_ranks_split_the_planes_of_one_stack_into_the_same_zarr(model_dir, tmp_path):
+    import zarr
+
+    stack = tmp_path / "stack.tif"
+    write_tiff(stack, np.random.default_rng(4).uniform(300, 700, (4, 40, 36)).astype(np.uint16),
+               "ZYX")
+    ref, out = tmp_path / "one", tmp_path / "two"
+    # 4 tiles × 2 samples a plane in batches of 5: one batch of the single process holds
+    # planes 1 and 2, which the two ranks predict apart.
+    zarr_out = ["--format", "zarr", "--save-samples", "--batch-size", "5"]
+    r = CliRunner().invoke(app, ["predict", str(model_dir), str(stack), "--out", str(ref),
+                                 *SAMPLING, *zarr_out])
+    assert r.exit_code == 0, r.output
+
+    proc = _predict_on_two_ranks(model_dir, stack, out, *zarr_out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stderr.splitlines()
+    shares = sorted(line.split(" → ")[0] for line in lines if " → " in line)
+    assert shares == [f"[rank 0/2] {stack} planes 0–1", f"[rank 1/2] {stack} planes 2–3"]
+    assert [line for line in lines if line.startswith("done:")] == [
+        f"done: 1 predicted by 2 processes (rank 0: 1, rank 1: 1; 1 split by planes), "
+        f"0 skipped; outputs in {out}"]
+    # every chunk and metadata file the single process's, to the byte; no temporary left
+    names = [f"stack_{k}.ome.zarr" for k in ("mmse", "samples", "std")]
+    assert sorted(p.name for p in out.iterdir()) == sorted([LOCK_FILE, *names])
+    for name in names:
+        assert _tree(out / name) == _tree(ref / name), name
+    mmse = zarr.open_array(str(out / "stack_mmse.ome.zarr" / "0"), mode="r")[:]
+    assert mmse.shape == (4, 40, 36) and (mmse != 0).all()
+    assert not np.array_equal(mmse[0], mmse[3])
+
+
+@pytest.mark.slow
+def test_a_rank_failing_on_its_planes_leaves_no_output(model_dir, tmp_path):
+    from hazematching.ngff import create_ome_zarr
+
+    stack = tmp_path / "stack.ome.zarr"
+    create_ome_zarr(stack, (4, 40, 36), "ZYX", dtype=np.uint16)[:] = 500
+    (stack / "0" / "3" / "0" / "0").write_bytes(b"not a chunk")  # in rank 1's share only
+    out = tmp_path / "out"
+    proc = _predict_on_two_ranks(model_dir, stack, out, "--format", "zarr")
+    assert proc.returncode != 0
+    # rank 0, whose planes were fine, names rank 1's error; rank 1 its own
+    errors = sorted(line.split(" (")[0] for line in proc.stderr.splitlines()
+                    if line.startswith("error: "))
+    assert errors == [f"error: {stack}: cannot read the pixel data",
+                      f"error: rank 1 of 2 failed: ImageError: {stack}: cannot read the pixel "
+                      f"data"], proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # nothing renamed or left
 
 
 ERRORS_SCRIPT = """

@@ -286,6 +286,22 @@ def test_streaming_from_and_to_zarr_equals_in_memory_to_the_bit_one_write_per_ch
         assert sorted(chunks) == [(n, r) for n in range(2) for r in range(5)]  # each once
 
 
+def test_a_share_of_the_planes_is_predicted_as_in_the_whole_stack():
+    m = _method("test-noise-echo", seed=3, std_smoothing=1.0, batch_size=5)
+    x = np.random.default_rng(11).normal(size=(4, 1, 40, 36)).astype(np.float32)
+    whole = predict_planes(m, x, m.config.sampling, n_samples=3)
+    mean, std = np.full((4, 40, 36), -1, np.float32), np.full((4, 40, 36), -1, np.float32)
+    predict_planes(m, x, m.config.sampling, n_samples=3, mean_out=mean, std_out=std,
+                   plane_indices=[1, 3])
+    np.testing.assert_array_equal(mean[[1, 3]], whole.mean[[1, 3]])
+    np.testing.assert_array_equal(std[[1, 3]], whole.std[[1, 3]])
+    assert (mean[[0, 2]] == -1).all() and (std[[0, 2]] == -1).all()  # other planes untouched
+    assert not np.array_equal(whole.mean[1], whole.mean[3])
+    for bad in ([3, 1], [0, 4], [1, 1]):
+        with pytest.raises(ValueError, match=r"plane_indices must increase within 0 … 3"):
+            predict_planes(m, x, m.config.sampling, n_samples=3, plane_indices=bad)
+
+
 def test_peak_memory_does_not_grow_with_the_image_height(tmp_path):
     import tracemalloc
 

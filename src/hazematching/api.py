@@ -41,6 +41,8 @@ from hazematching.predict import ArrayLike, ProgressCallback, predict_planes
 if TYPE_CHECKING:
     from lightning.pytorch import Callback
 
+    from hazematching.distributed import Ranks
+
 
 #: Formats :meth:`Model.predict_file` writes, and the suffix of their outputs.
 OutputFormat = Literal["tiff", "zarr"]
@@ -69,12 +71,15 @@ class Prediction:
 class FileResult:
     """One input of :meth:`Model.predict_files`: its outputs by kind (mmse, std, samples),
     whether they already existed from an earlier run (then nothing was computed), and the rank
-    of the process that predicted or skipped it (0 unless the run is distributed)."""
+    of the process that predicted or skipped it (0 unless the run is distributed). For an
+    image whose planes were split over the processes, `planes` are the indices of those this
+    rank predicted (None when one rank predicted the whole image)."""
 
     source: Path
     outputs: dict[str, Path]
     skipped: bool
     rank: int = 0
+    planes: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -311,7 +316,8 @@ class Model:
     def _predict_planes(self, planes: ArrayLike, n_samples: int, device: str | None,
                         samples_out: ArrayLike | None, progress: bool,
                         progress_callback: ProgressCallback | None = None, *,
-                        mean_out: ArrayLike | None = None, std_out: ArrayLike | None = None
+                        mean_out: ArrayLike | None = None, std_out: ArrayLike | None = None,
+                        plane_indices: Sequence[int] | None = None
                         ) -> tuple[ArrayLike, ArrayLike | None]:
         """The one prediction path: raw planes (N, C, Y, X) → MMSE and std (N, Y, X) in target
         intensity units (std calibrated if the model is; None for one sample or a deterministic
@@ -321,7 +327,8 @@ class Model:
         `planes` and the outputs may be arrays or block views of files
         (:mod:`hazematching.blocks`): the input is normalised and the outputs are mapped back
         to intensities a block at a time, as :func:`~hazematching.predict.predict_planes`
-        streams them. `progress_callback` as for that function."""
+        streams them. `progress_callback` and `plane_indices` (only these planes are
+        predicted and written) as for that function."""
         norm = self._require_trained()
         N, _, H, W = planes.shape
         if mean_out is None:
@@ -341,7 +348,7 @@ class Model:
                        samples_out=mapped(samples_out, norm.denormalize_target),
                        mean_out=mapped(mean_out, norm.denormalize_target),
                        std_out=mapped(std_out, to_std), progress=progress,
-                       progress_callback=progress_callback)
+                       progress_callback=progress_callback, plane_indices=plane_indices)
         return mean_out, std_out
 
     def predict(self, image: np.ndarray, axes: str = "YX", *, n_samples: int | None = None,
@@ -451,10 +458,14 @@ class Model:
 
     def _create_outputs(self, outputs: contextlib.ExitStack, targets: dict[str, Path],
                         image: ImageFile, n_planes: int, n_samples: int,
-                        output_format: OutputFormat) -> dict[str, AxesView]:
+                        output_format: OutputFormat,
+                        staged: dict[str, tuple[Path, str]] | None = None
+                        ) -> dict[str, AxesView]:
         """Create each output of `targets` under a temporary name (renamed when `outputs`
         closes without error: the samples first, the MMSE last) with the input's axes (minus C)
-        and pixel sizes; return views of them, (N, Y, X) and samples (N, S, Y, X)."""
+        and pixel sizes; return views of them, (N, Y, X) and samples (N, S, Y, X). `staged`,
+        if given, receives each kind's temporary path and stored axes, from which other
+        processes open the same outputs (:meth:`_open_staged`)."""
         out_axes = image.axes.replace("C", "")
         plane = next((a for a in out_axes if a in "ZTS"), "")
         H, W = image.shape[-2:]
@@ -482,7 +493,19 @@ class Model:
                 array = create_tiff(tmp, shape, file_axes, pixel_sizes=sizes)
                 outputs.callback(array.close)
             views[kind] = AxesView(array, stored, "NKYX" if kind == "samples" else "NYX")
+            if staged is not None:
+                staged[kind] = (tmp, stored)
         return views
+
+    @staticmethod
+    def _open_staged(staged: dict[str, tuple[Path, str]]) -> dict[str, AxesView]:
+        """Views, as :meth:`_create_outputs` returns them, of the OME-Zarr outputs that
+        another process of the run created (`staged` as it filled it)."""
+        from hazematching.ngff import reopen_created
+
+        return {kind: AxesView(reopen_created(tmp), stored,
+                               "NKYX" if kind == "samples" else "NYX")
+                for kind, (tmp, stored) in staged.items()}
 
     def predict_file(self, path: str | Path, out_dir: str | Path, *, axes: str | None = None,
                      channels: list[int] | None = None, n_samples: int | None = None,
@@ -566,6 +589,15 @@ class Model:
         are done; the other ranks yield their own. An error stops its rank only: the others
         finish their files, then rank 0 raises
         :class:`~hazematching.distributed.RankFailedError` quoting it.
+
+        With OME-Zarr output (``output_format="zarr"``), images of two planes or more (Z, T
+        or S) are instead split by planes: first, one at a time, every process predicts its
+        contiguous share of the image's planes into the same outputs (rank 0 creates them
+        under temporary names and renames them when all are done; one chunk holds one plane,
+        so each is written by one process), giving one result per rank that had planes (its
+        :attr:`FileResult.planes`); an error there stops every rank. Not for methods whose
+        noise is drawn in sequence rather than per (plane, sample, pixel) (LVAE), and not for
+        TIFF output (one file, one writer): those images are dealt whole.
         """
         from hazematching import distributed
 
@@ -599,14 +631,35 @@ class Model:
         with ranks.folder_lock(out_dir, "these predictions"):
             todo = ranks.from_rank_zero(lambda: self._finished_inputs(plan, overwrite))
             pending = [p for p, _, finished in todo if not finished]
-            owned = {p for i, p in enumerate(pending) if ranks.owns(i)}
+            split = ranks.from_rank_zero(lambda: self._split_by_planes(
+                pending, ranks.world_size, output_format, axes, channels))
+            whole = [p for p in pending if p not in split]
+            owned = {p for i, p in enumerate(whole) if ranks.owns(i)}
             try:
+                # Every rank together, in the same order: each of these takes collective steps.
+                # Reported once all are done, so that a caller stopping early cannot leave the
+                # other ranks waiting in one.
+                shared: list[FileResult] = []
+                for p in split:
+                    try:
+                        share = self._predict_file_by_planes(
+                            p, plan[p], ranks, axes=axes, channels=channels, n_samples=S,
+                            device=ranks.device or device, progress=progress and ranks.rank == 0,
+                            progress_callback=progress_callback)
+                    except Exception as err:
+                        err.add_note(f"while processing {p}")
+                        raise
+                    if share:
+                        shared.append(FileResult(p, plan[p], skipped=False, rank=ranks.rank,
+                                                 planes=share))
+                mine.extend(shared)
+                yield from shared
                 for p, targets, finished in todo:
                     if finished:
                         if ranks.rank == 0:
                             yield FileResult(p, targets, skipped=True)
                         continue
-                    if p not in owned:
+                    if p not in owned:  # another rank's, or split by planes above
                         continue
                     try:
                         written = self.predict_file(
@@ -636,6 +689,75 @@ class Model:
                 raise distributed.RankFailedError(
                     "; ".join(failed) + "; the outputs written are complete: run the same "
                     "command again to predict the rest")
+
+    def _split_by_planes(self, pending: list[Path], world_size: int,
+                         output_format: OutputFormat, axes: str | None,
+                         channels: list[int] | None) -> list[Path]:
+        """The inputs of `pending` whose planes the ranks share: with several ranks, OME-Zarr
+        output (one chunk never spans two planes, so each rank writes whole chunks) and a
+        method whose outputs depend on (seed, plane, sample, pixel) only, those with at least
+        two planes. The others are predicted whole, one rank each."""
+        if world_size == 1 or output_format != "zarr" or (
+                self.method.stochastic and not self.method.takes_noise):
+            return []
+        split = []
+        for p in pending:
+            try:
+                with open_image(p, axes) as image:
+                    n_planes = self._input_planes(image, channels).shape[0]
+            except (ValueError, OSError):  # its rank meets the error when it predicts it whole
+                continue
+            if n_planes >= 2:
+                split.append(p)
+        return split
+
+    def _predict_file_by_planes(self, path: Path, targets: dict[str, Path],
+                                ranks: Ranks, *, axes: str | None,
+                                channels: list[int] | None, n_samples: int, device: str | None,
+                                progress: bool, progress_callback: ProgressCallback | None
+                                ) -> tuple[int, ...]:
+        """Predict one image into the OME-Zarr outputs `targets` with every rank of `ranks`,
+        each its contiguous share of the planes; return this rank's planes (indices into the
+        image's N planes; none when there are fewer planes than ranks).
+
+        Rank 0 creates the outputs under temporary names; every rank writes its planes' chunks
+        into them; once all have, rank 0 renames them into place, the MMSE last. If any rank
+        fails, nothing is renamed and every rank raises (its own error, or
+        :class:`~hazematching.distributed.RankFailedError`). Every rank calls it alike,
+        holding the output folder's lock (:meth:`Ranks.folder_lock`)."""
+        with contextlib.ExitStack() as opened:
+            error: Exception | None = None
+            try:
+                image = opened.enter_context(open_image(path, axes))
+                planes = self._input_planes(image, channels)
+            except Exception as err:  # noqa: BLE001 - every rank must learn of any failure
+                error = err
+            ranks.raise_if_any_failed(error)
+            N = planes.shape[0]
+            share = tuple(int(n) for n in
+                          np.array_split(np.arange(N), ranks.world_size)[ranks.rank])
+            with contextlib.ExitStack() as outputs:
+                views: dict[str, AxesView] = {}
+
+                def stage() -> dict[str, tuple[Path, str]]:
+                    remove_stale_partials(targets.values())
+                    staged: dict[str, tuple[Path, str]] = {}
+                    views.update(self._create_outputs(outputs, targets, image, N, n_samples,
+                                                      "zarr", staged=staged))
+                    return staged
+
+                staged = ranks.from_rank_zero(stage)
+                try:
+                    sinks = views if ranks.rank == 0 else self._open_staged(staged)
+                    if share:
+                        self._predict_planes(planes, n_samples, device, sinks.get("samples"),
+                                             progress, progress_callback,
+                                             mean_out=sinks["mmse"], std_out=sinks.get("std"),
+                                             plane_indices=share)
+                except Exception as err:  # noqa: BLE001 - every rank must learn of any failure
+                    error = err
+                ranks.raise_if_any_failed(error)
+        return share
 
     @staticmethod
     def _finished_inputs(plan: dict[Path, dict[str, Path]], overwrite: bool

@@ -86,6 +86,17 @@ class Ranks:
         if self.world_size > 1:
             torch.distributed.barrier()
 
+    def raise_if_any_failed(self, error: Exception | None) -> None:
+        """A step every rank took together ends alike on every rank: each raises its own
+        `error`, or :class:`RankFailedError` quoting the others' when only they failed."""
+        reports = self.gather(None if error is None else describe(error))
+        if error is not None:
+            raise error
+        failed = [f"rank {r} of {self.world_size} failed: {why}"
+                  for r, why in enumerate(reports) if why]
+        if failed:
+            raise RankFailedError("; ".join(failed))
+
     @contextlib.contextmanager
     def folder_lock(self, folder: str | Path, purpose: str) -> Iterator[None]:
         """:func:`~hazematching.io.folder_lock` for the whole run: rank 0 takes the lock (its

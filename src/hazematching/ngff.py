@@ -220,3 +220,9 @@ def create_ome_zarr(path: str | Path, shape: Sequence[int], axes: str,
         {"type": "scale", "scale": scale}]}], fmt=_format(), axes=ngff_axes,
         name=name or Path(path).name)
     return array
+
+
+def reopen_created(path: str | Path) -> Any:
+    """The array of an image that :func:`create_ome_zarr` created at `path` (by this or
+    another process of a run), opened for writing chunks; its metadata stay as written."""
+    return _zarr().open_array(str(Path(path) / "0"), mode="r+")

@@ -12,7 +12,7 @@ numpy arrays, zarr arrays or files: :mod:`hazematching.blocks`).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,8 +128,8 @@ def predict_planes(method: Method, planes: ArrayLike, sampling: SamplingConfig, 
                    n_samples: int | None = None, device: str | torch.device | None = None,
                    samples_out: ArrayLike | None = None, progress: bool = False,
                    progress_callback: ProgressCallback | None = None,
-                   mean_out: ArrayLike | None = None, std_out: ArrayLike | None = None
-                   ) -> PlanePrediction:
+                   mean_out: ArrayLike | None = None, std_out: ArrayLike | None = None,
+                   plane_indices: Sequence[int] | None = None) -> PlanePrediction:
     """Predict normalised planes tile by tile, streaming from `planes` into the outputs.
 
     Args:
@@ -153,6 +153,13 @@ def predict_planes(method: Method, planes: ArrayLike, sampling: SamplingConfig, 
             (e.g. to cancel it); the outputs are then partly written.
         mean_out, std_out: optional writable arrays (N, Y, X) for the mean and std (std only
             with two samples or more); default new numpy arrays.
+        plane_indices: predict only these planes (indices into N, in increasing order),
+            leaving the outputs' other planes unwritten: a process's share of a stack split
+            over processes. Each plane's values are those of predicting all N, to the bit:
+            its noise is keyed by its index in N, and the network sees the very batches of
+            that prediction (those holding tiles of other planes too, at a share's ends, are
+            run whole and the other planes' results dropped), as a network's results can
+            depend on what else is in its batch in their last bits.
 
     Returns:
         :class:`PlanePrediction` with mean (N, Y, X) and std (N, Y, X), both float32 in
@@ -194,9 +201,15 @@ def predict_planes(method: Method, planes: ArrayLike, sampling: SamplingConfig, 
                        samples_out)
     source = _TileSource(planes, grid)
 
+    todo = range(N) if plane_indices is None else [int(n) for n in plane_indices]
+    if any(not 0 <= n < N for n in todo) or list(todo) != sorted(set(todo)):
+        raise ValueError(f"plane_indices must increase within 0 … {N - 1}, got {list(todo)}")
     tiles = [(n, y, x) for n in range(N) for (y, x) in grid.positions()]
     item_tile = np.repeat(np.arange(len(tiles)), S)
     item_sample = np.tile(np.arange(S), len(tiles))
+    owned = np.isin(np.array([n for n, _, _ in tiles]), todo)[item_tile]
+    batches = [sl for sl in _batches(len(item_tile), sampling.batch_size
+                                     or default_batch_size(dev)) if owned[sl].any()]
     coherent = method.stochastic and method.takes_noise
     use_estimate = coherent and "t0" in (sampling.mmse, sampling.std)
     field = NoiseField(sampling.seed) if coherent else None
@@ -212,12 +225,12 @@ def predict_planes(method: Method, planes: ArrayLike, sampling: SamplingConfig, 
         stitch.add_moments(tiles[ti], m.float().cpu().numpy(),
                            None if v is None else v.float().cpu().numpy())
 
-    total, done = len(item_tile), 0
+    total, done = int(owned.sum()), 0
     if progress_callback is not None:
         progress_callback(0, total)
     bar = _progress(progress, total, "sampling" if method.stochastic else "predicting")
     with bar as (prog, task), _channels_last(method):
-        for sl in _batches(len(item_tile), sampling.batch_size or default_batch_size(dev)):
+        for sl in batches:
             ti_b = item_tile[sl]
             source.keep({tiles[i][:2] for i in ti_b})
             cond = np.stack([source.tile(*tiles[i]) for i in ti_b])
@@ -235,19 +248,19 @@ def predict_planes(method: Method, planes: ArrayLike, sampling: SamplingConfig, 
                     out = method.predict_batch(cond_t, gen)
             out = out[:, 0].double()
             estimate = None if estimate is None else estimate[:, 0].double()
-            for ti in np.unique(ti_b):
+            for ti in np.unique(ti_b[owned[sl]]):
                 rows = torch.from_numpy(np.nonzero(ti_b == ti)[0]).to(dev)
                 acc = open_tiles.setdefault(int(ti), TileMoments((th, tw), dev, use_estimate))
                 acc.add(out.index_select(0, rows),
                         None if estimate is None else estimate.index_select(0, rows))
             if samples_out is not None:
                 outs = out.float().cpu().numpy()
-                for k, i in enumerate(ti_b):
-                    stitch.add_sample(tiles[i], int(item_sample[sl][k]), outs[k])
+                for k in np.nonzero(owned[sl])[0]:
+                    stitch.add_sample(tiles[ti_b[k]], int(item_sample[sl][k]), outs[k])
             for ti in [t for t, a in open_tiles.items() if a.n == S]:
                 finish(ti)
-            prog.advance(task, len(ti_b))
-            done += len(ti_b)
+            prog.advance(task, int(owned[sl].sum()))
+            done += int(owned[sl].sum())
             if progress_callback is not None:
                 progress_callback(done, total)
     return PlanePrediction(mean=mean_out, std=std_out if S > 1 else None)

@@ -39,3 +39,15 @@ def rewrite_everything(folder: str, config: dict[str, Any]) -> dict[str, str]:
         "checkpoint": _attempt(lambda: AtomicCheckpointIO().save_checkpoint(
             {"state_dict": {"w": torch.ones(512, 1024)}}, root / "checkpoints" / "last.ckpt")),
     }
+
+
+def rewrite_zarr_prediction(folder: str, config: dict[str, Any]) -> dict[str, str]:
+    """Predict ``folder/in/big.tif`` as OME-Zarr into `folder/pred` over the outputs of the
+    same stem (overwrite=True), its chunks larger than the size limit; report what it raised."""
+    from hazematching import load_model
+
+    root = Path(folder)
+    model = load_model(root / "model")
+    return {"zarr": _attempt(lambda: model.predict_file(
+        root / "in" / "big.tif", root / "pred", n_samples=2, output_format="zarr",
+        stem="a", overwrite=True, device="cpu"))}

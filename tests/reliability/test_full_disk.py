@@ -44,3 +44,28 @@ def test_full_disk_leaves_previous_results_intact(tmp_path):
         assert errors[what].endswith("); the previous file is unchanged"), errors
     assert _snapshot(tmp_path) == before  # no byte changed, no temporary file left
     assert load_model(tmp_path / "model").config.network.model_channels == 8
+
+
+def test_full_disk_during_an_ome_zarr_prediction_keeps_the_previous_output(tmp_path):
+    from reliability.full_disk import rewrite_zarr_prediction
+
+    pairs = make_pairs(2)
+    config = ModelConfig.from_dict(TINY)
+    model = save_model(tmp_path / "model", build_method(config),
+                       Normalizer.fit(pairs.targets, pairs.inputs))
+    write_tiff(tmp_path / "in" / "a.tif", pairs.inputs[0][0, 0], "YX")
+    load_model(model).predict_file(tmp_path / "in" / "a.tif", tmp_path / "pred", n_samples=2,
+                                   output_format="zarr", device="cpu")
+    (tmp_path / "in" / "a.tif").unlink()
+    noise = np.random.default_rng(0).uniform(0, 1000, (512, 512)).astype(np.float32)
+    write_tiff(tmp_path / "in" / "big.tif", noise, "YX")
+    before = _snapshot(tmp_path / "pred")
+    limit = 2**16  # the 48² outputs' chunks are smaller, the 512² noise image's larger
+    assert any(p.name.endswith(".ome.zarr") for p in (tmp_path / "pred").iterdir())
+    assert all(len(data) < limit for data in before.values())
+
+    errors = run_with_file_size_limit(rewrite_zarr_prediction, limit, tmp_path / "report.json",
+                                      str(tmp_path), TINY)
+    assert errors["zarr"].startswith(f"WriteError: {tmp_path / 'pred'}/a_"), errors
+    assert errors["zarr"].endswith("; the previous file is unchanged"), errors
+    assert _snapshot(tmp_path / "pred") == before  # no byte changed, no temporary folder left

@@ -194,7 +194,8 @@ def predict(
 
     Images of any size are streamed: read and written a band of tiles at a time. Re-running
     after an interruption skips the images whose outputs are complete. With
-    --devices the files are shared out among processes, each writing whole files.
+    --devices the files are shared out among processes, each writing whole files; with
+    --format zarr, the planes of each stack are shared out instead (same outputs to the bit).
     """
     from hazematching.api import check_device, check_n_samples, load_model
     from hazematching.distributed import RankFailedError, this_process
@@ -212,6 +213,8 @@ def predict(
                        "sampling.batch_size": batch_size, "sampling.seed": seed})
         one = m.method.stochastic and m.n_samples_for(n_samples) == 1
         predicted: dict[int, int] = {}
+        sources: set[Path] = set()
+        split: set[Path] = set()
         skipped = 0
         for r in m.predict_files(files, out_dir, axes=axes, channels=channel, n_samples=n_samples,
                                  save_samples=save_samples, overwrite=overwrite, device=device,
@@ -221,6 +224,10 @@ def predict(
             me = this_process()
             skipped += r.skipped
             predicted[r.rank] = predicted.get(r.rank, 0) + (not r.skipped)
+            if not r.skipped:
+                sources.add(r.source)
+            if r.planes is not None:
+                split.add(r.source)
             if r.rank != me.rank:  # another rank's, reported there as it was done
                 continue
             tag = f"[rank {me.rank}/{me.world_size}] " if me.world_size > 1 else ""
@@ -228,15 +235,20 @@ def predict(
                 say(f"{tag}{r.source}: skipped, its outputs exist ({r.outputs['mmse']}; "
                     f"--overwrite predicts it again)")
             else:
-                say(f"{tag}{r.source} → " + ", ".join(str(p) for p in r.outputs.values())
+                share = "" if r.planes is None else (
+                    f" planes {r.planes[0]}–{r.planes[-1]}" if len(r.planes) > 1
+                    else f" plane {r.planes[0]}")
+                say(f"{tag}{r.source}{share} → "
+                    + ", ".join(str(p) for p in r.outputs.values())
                     + (" (1 sample: no std)" if one else ""))
     except (*USER_ERRORS, RankFailedError) as err:
         fail(str(err))
     me = this_process()
     if me.rank == 0:
         by = "" if me.world_size == 1 else f" by {me.world_size} processes (" + ", ".join(
-            f"rank {k}: {predicted.get(k, 0)}" for k in range(me.world_size)) + ")"
-        say(f"done: {sum(predicted.values())} predicted{by}, {skipped} skipped; outputs in "
+            f"rank {k}: {predicted.get(k, 0)}" for k in range(me.world_size)) + (
+            f"; {len(split)} split by planes" if split else "") + ")"
+        say(f"done: {len(sources)} predicted{by}, {skipped} skipped; outputs in "
             f"{out_dir}")
 
 
