@@ -3,10 +3,10 @@ import pytest
 from hazematching.config import SAMPLING_PRESETS, ConfigError, ModelConfig, preset_overrides
 
 
-def test_default_is_paper_training_with_fast_sampling_and_yaml_roundtrip(tmp_path):
+def test_default_is_the_paper_network_with_its_sampler_and_yaml_roundtrip(tmp_path):
     c = ModelConfig()
     assert c.network.channel_mult == (1, 1, 2, 3, 4)
-    assert c.training.lr == 1e-4 and c.training.batch_size == 16
+    assert c.training.lr == 5e-4 and c.training.batch_size == 16  # paper: 1e-4 (presets)
     fast = SAMPLING_PRESETS["default"]
     assert {k: getattr(c.sampling, k) for k in fast} == fast
     c.to_yaml(tmp_path / "c.yaml")

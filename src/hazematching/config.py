@@ -106,7 +106,10 @@ class TrainingConfig(_Strict):
     max_steps: int = Field(-1, description="Stop after this many optimiser steps (-1: no limit).")
     max_minutes: float | None = Field(None, gt=0, description="Stop after this wall-clock time.")
     batch_size: int = Field(16, ge=1)
-    lr: float = Field(1e-4, gt=0.0)
+    lr: float = Field(5e-4, gt=0.0, description="Adam learning rate. 5e-4 (the paper: 1e-4, "
+                      "which the dataset presets keep): measured on real-structure pairs at 150 "
+                      "steps, HazeMatching's MMSE gained 3.0 dB and its samples went from noise "
+                      "(HF power 42× the target's) to 0.92× (README, Configuration).")
     weight_decay: float = Field(0.0, ge=0.0)
     ema_decay: float | None = Field(0.999, description="EMA of the weights used for validation "
                                     "and prediction; None disables it.")

@@ -141,6 +141,7 @@ def test_preset_config(name: str, size: int, mult: tuple[int, ...], overlap: int
     assert config.method == "hazematching" and config.data.patch_size == size
     assert config.network == network_config_from_torchcfm(size, mult)
     assert (config.sampling.tile_size, config.sampling.tile_overlap) == (size, overlap)
+    assert config.training.lr == 1e-4  # the paper's, not the package default
     folders = get_preset(name).folders
     assert config.data.train_dir == Path("/data", name, folders.train)
     assert config.data.val_dir == Path("/data", name, folders.val)

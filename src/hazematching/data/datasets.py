@@ -254,6 +254,7 @@ def preset_config(name: str, root: str | Path | None = None) -> ModelConfig:
         "in_channels": 1,
         "data": data,
         "network": network.model_dump(mode="json"),
+        "training": {"lr": 1e-4},  # the paper's
         "sampling": {"tile_size": preset.tile_size, "tile_overlap": preset.tile_overlap},
     }, source=f"preset {preset.name!r}")
 
