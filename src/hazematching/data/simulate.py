@@ -205,13 +205,8 @@ def simulate_microsim(n: int, size: int | None = None, *, seed: int = 0,
         progress: show a progress bar.
         **params: any :class:`MicrosimConfig` field, overriding `config`.
 
-    Returns:
-        ``(target, widefield)``: float32 ``(n, size, size)`` each, camera ADU, the central plane
-        of the confocal and of the widefield simulation.
-
-    Raises:
-        ImportError: microsim is not installed (install with ``pip install
-            'hazematching[simulate]'``).
+    Returns and raises as :func:`microsim_images`: ``(target, widefield)``, float32
+    ``(n, size, size)`` each in camera ADU.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1 pairs, got {n}")
