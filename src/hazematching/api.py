@@ -641,14 +641,11 @@ class Model:
                 # other ranks waiting in one.
                 shared: list[FileResult] = []
                 for p in split:
-                    try:
+                    with _processing(p):
                         share = self._predict_file_by_planes(
                             p, plan[p], ranks, axes=axes, channels=channels, n_samples=S,
                             device=ranks.device or device, progress=progress and ranks.rank == 0,
                             progress_callback=progress_callback)
-                    except Exception as err:
-                        err.add_note(f"while processing {p}")
-                        raise
                     if share:
                         shared.append(FileResult(p, plan[p], skipped=False, rank=ranks.rank,
                                                  planes=share))
@@ -661,16 +658,13 @@ class Model:
                         continue
                     if p not in owned:  # another rank's, or split by planes above
                         continue
-                    try:
+                    with _processing(p):
                         written = self.predict_file(
                             p, out_dir, axes=axes, channels=channels, n_samples=S,
                             save_samples=save_samples, overwrite=True,
                             device=ranks.device or device, progress=progress and ranks.rank == 0,
                             progress_callback=progress_callback, output_format=output_format,
                             stem=stem)
-                    except Exception as err:
-                        err.add_note(f"while processing {p}")  # named by the CLI's crash guard
-                        raise
                     mine.append(FileResult(p, written, skipped=False, rank=ranks.rank))
                     yield mine[-1]
             # Kept for after the lock: the other ranks wait for this one's report. GeneratorExit:
@@ -860,6 +854,17 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Model:
     return Model(loaded.config, method=loaded.method, normalizer=loaded.normalizer,
                  calibration=loaded.calibration, path=Path(path) if Path(path).is_dir() else None,
                  provenance=provenance)
+
+
+@contextlib.contextmanager
+def _processing(path: Path) -> Iterator[None]:
+    """Add "while processing <path>" to an exception raised inside (the CLI's crash guard
+    names the input from it)."""
+    try:
+        yield
+    except Exception as err:
+        err.add_note(f"while processing {path}")
+        raise
 
 
 #: model.json fields that describe how the model was made (see :attr:`Model.provenance`).
