@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from scipy import stats
 
 from hazematching import calibration as cal
@@ -92,6 +93,20 @@ LEVERS: dict[str, dict] = {
         "n_samples": 16, "antithetic": True, "n_time_points": 6, "schedule": "late",
         "std_smoothing": 1.0},
     "K=50, Euler 6 late": {"n_time_points": 7, "schedule": "late"},
+    # The one-call MMSE (free with every sample's first call) and the spread of independent
+    # samples about it: no antithetic pairs, whose two halves carry one draw's worth of spread.
+    "K=8, Euler 6 late, t0 mean and std about it": {"n_samples": 8, "n_time_points": 7,
+                                                    "schedule": "late", "mmse": "t0",
+                                                    "std": "t0"},
+    "K=12, Euler 6 late, t0 mean and std about it": {"n_samples": 12, "n_time_points": 7,
+                                                     "schedule": "late", "mmse": "t0",
+                                                     "std": "t0"},
+    "K=8, Euler 4 late, t0 mean and std about it": {"n_samples": 8, "n_time_points": 5,
+                                                    "schedule": "late", "mmse": "t0",
+                                                    "std": "t0"},
+    "K=16, Euler 4 late, t0 mean and std about it": {"n_samples": 16, "n_time_points": 5,
+                                                     "schedule": "late", "mmse": "t0",
+                                                     "std": "t0"},
     "default": DEFAULT,
     "default + bf16": {**DEFAULT, "precision": "bf16"},
     "fast preset": FAST,
@@ -292,8 +307,9 @@ def prepare(work: Path, args) -> tuple[Model, list, list, list, list]:
     elif (work / "model" / "model.json").exists():
         model = load_model(work / "model")
     else:
+        overrides = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)}
         cfg = ModelConfig.from_dict(TRAIN_CONFIG).with_overrides(
-            {"training.max_minutes": args.train_minutes})
+            {"training.max_minutes": args.train_minutes, **overrides})
         model = Model(cfg).fit(data / "train_set" / "train", data / "train_set" / "val",
                                out_dir=work / "model")
     norm = model.normalizer
@@ -310,6 +326,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, required=True, help="cache and results folder")
     ap.add_argument("--model", type=Path, help="a trained model (default: train one)")
     ap.add_argument("--train-minutes", type=float, default=10.0)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a dotted config override for the trained model, e.g. "
+                         "training.t0_fraction=0.25 (repeatable)")
     ap.add_argument("--n-eval", type=int, default=6, help="validation and test images each")
     ap.add_argument("--size", type=int, default=1024, help="side of the timed image (px)")
     ap.add_argument("--published-items", type=int, default=6,

@@ -7,6 +7,7 @@ import torch
 from helpers import make_pairs
 
 from hazematching import HazeMatching, Model, ModelConfig, load_model
+from hazematching import calibration as cal
 from hazematching.api import check_device
 from hazematching.io import ImageError, write_tiff
 
@@ -80,6 +81,37 @@ def test_calibrate_stores_factors(model, tmp_path):
     np.testing.assert_allclose(a, np.maximum(rep.calibration.a * b + rep.calibration.b *
                                              m.normalizer.target.scale, 0), rtol=1e-4,
                                atol=1e-3)
+
+
+def test_a_calibration_knows_the_estimator_it_was_fitted_for(model, tmp_path):
+    import shutil
+    import warnings
+
+    from hazematching.api import CalibrationMismatch
+
+    d = tmp_path / "m"
+    shutil.copytree(model.path, d, ignore=shutil.ignore_patterns("checkpoints", "logs"))
+    m = load_model(d)
+    m.calibrate(make_pairs(2, seed=7), n_samples=4, n_bins=10)
+    fitted = m.calibration.fitted_for
+    assert fitted == {**m.config.sampling.estimator(), "n_samples": 4}
+    assert load_model(d).calibration == m.calibration  # stored in model.json
+    img = make_pairs(1, seed=3).inputs[0][0, 0]
+    assert m.calibration_mismatch(4) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CalibrationMismatch)
+        m.predict(img, n_samples=4)  # the settings of the fit: no warning
+    with pytest.warns(CalibrationMismatch, match="fitted for n_samples 4, this prediction "
+                                                  "uses n_samples 3"):
+        m.predict(img, n_samples=3)
+    m.reconfigure({"sampling.antithetic": True, "sampling.n_time_points": 3})
+    why = m.calibration_mismatch(4)
+    assert f"n_time_points {fitted['n_time_points']}, antithetic False" in why
+    assert "uses n_time_points 3, antithetic True" in why and "hazematching calibrate" in why
+    # a calibration from before the settings were recorded is taken as it is
+    old = Model(m.config, method=m.method, normalizer=m.normalizer,
+                calibration=cal.Calibration(m.calibration.a, m.calibration.b))
+    assert old.calibration_mismatch(3) is None
 
 
 def test_wrong_channel_count(model):

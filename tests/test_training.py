@@ -302,3 +302,69 @@ def test_ema_is_the_warmed_up_average_of_the_weights():
     assert not torch.allclose(expected[0], w3[0])
     for got, want in zip(module.parameters(), expected, strict=True):  # EMA weights at the end
         torch.testing.assert_close(got.detach(), want, rtol=1e-6, atol=1e-7)
+
+
+class _RecordLR(pl.Callback):
+    """The learning rate each optimiser step ran with (set just before the step)."""
+
+    def __init__(self):
+        self.lrs: list[float] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.lrs.append(optimizer.param_groups[0]["lr"])
+
+
+def _cosine(step: int, total: int, lr: float, final: float, warmup: int) -> float:
+    import math
+    f = final + (1 - final) * 0.5 * (1 + math.cos(math.pi * step / total))
+    return lr * f * min(1.0, (step + 1) / warmup)
+
+
+def test_cosine_schedule_with_warmup_follows_the_budget_and_survives_a_resume(tmp_path,
+                                                                              tiny_config):
+    cfg = _cadence(tiny_config.with_overrides(
+        {"training.epochs": 100, "training.max_steps": 8, "data.patches_per_epoch": 8,
+         "training.lr": 1e-3, "training.lr_schedule": "cosine",
+         "training.final_lr_fraction": 0.1, "training.warmup_steps": 3}),
+        val_every_n_epochs=None, val_every_n_steps=4)
+    expected = [_cosine(s, 8, 1e-3, 0.1, 3) for s in range(8)]
+    whole = _RecordLR()
+    Model(cfg).fit(make_pairs(3), make_pairs(2, seed=5), out_dir=tmp_path / "a",
+                   callbacks=[whole])
+    np.testing.assert_allclose(whole.lrs, expected, rtol=1e-12)
+    assert whole.lrs[0] < whole.lrs[1] < whole.lrs[2]  # warm-up
+    assert all(a > b for a, b in zip(whole.lrs[2:], whole.lrs[3:]))  # then the cosine falls
+
+    # Stopped after 5 of the 8 steps, then resumed: the same curve, no scheduler state.
+    out = tmp_path / "b"
+    first, second = _RecordLR(), _RecordLR()
+    Model(cfg).fit(make_pairs(3), make_pairs(2, seed=5), out_dir=out,
+                   callbacks=[first, _StopAfter(5)])
+    assert read_checkpoint(out / "checkpoints" / "last.ckpt")["global_step"] == 5
+    (out / "model.json").unlink()  # as if the run had died there
+    Model(cfg).fit(make_pairs(3), make_pairs(2, seed=5), out_dir=out, callbacks=[second])
+    np.testing.assert_allclose(first.lrs + second.lrs, expected, rtol=1e-12)
+
+
+class _StopAfter(pl.Callback):
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step >= self.steps:
+            trainer.should_stop = True
+
+
+def test_cosine_schedule_by_time_and_by_epochs(tiny_config):
+    from hazematching.training import LearningRate
+    cfg = tiny_config.training.model_copy(update={"lr_schedule": "cosine", "lr": 1.0})
+    trainer = pl.Trainer(max_epochs=4, max_time={"seconds": 100}, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False)
+    sched = LearningRate(cfg)
+    timer = next(c for c in trainer.callbacks if isinstance(c, pl.callbacks.Timer))
+    timer.load_state_dict({"time_elapsed": {"train": 50.0}})  # as restored on a resume
+    assert sched.progress(trainer, 0) == pytest.approx(0.5, abs=1e-3)  # time is furthest on
+    assert sched.factor(trainer, 0) == pytest.approx(0.5, abs=2e-3)
+    timer.load_state_dict({"time_elapsed": {"train": 0.0}})
+    trainer.fit_loop.epoch_progress.current.completed = 3  # epoch 3 of 4
+    assert sched.progress(trainer, 0) == pytest.approx(0.75, abs=1e-3)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,11 @@ if TYPE_CHECKING:
 #: Formats :meth:`Model.predict_file` writes, and the suffix of their outputs.
 OutputFormat = Literal["tiff", "zarr"]
 OUTPUT_SUFFIX: dict[str, str] = {"tiff": ".tif", "zarr": ".ome.zarr"}
+
+
+class CalibrationMismatch(UserWarning):
+    """A prediction's sampling settings differ from those the model's calibration was fitted
+    for (see :meth:`Model.calibration_mismatch`)."""
 
 
 @dataclass
@@ -313,6 +319,22 @@ class Model:
             return 1
         return n_samples if n_samples is not None else self.config.sampling.n_samples
 
+    def calibration_mismatch(self, n_samples: int | None = None) -> str | None:
+        """Why the stored calibration does not fit a prediction with the current sampling
+        settings and `n_samples`, in words, or None when it fits (or there is none, or its
+        settings were not recorded). The std is then still rescaled by it, but its scale was
+        fitted for another estimator: refit with :meth:`calibrate` under these settings."""
+        if self.calibration is None or not self.method.stochastic:
+            return None
+        diff = self.calibration.mismatch(
+            self.config.sampling.estimator(self.n_samples_for(n_samples)))
+        if not diff:
+            return None
+        return ("the std calibration was fitted for " + ", ".join(
+            f"{k} {a}" for k, (a, _) in diff.items()) + ", this prediction uses " + ", ".join(
+            f"{k} {b}" for k, (_, b) in diff.items()) + ": its std is rescaled for another "
+            "estimator; refit with `hazematching calibrate MODEL VAL` and these settings")
+
     def _predict_planes(self, planes: ArrayLike, n_samples: int, device: str | None,
                         samples_out: ArrayLike | None, progress: bool,
                         progress_callback: ProgressCallback | None = None, *,
@@ -336,6 +358,8 @@ class Model:
         if std_out is None and self.method.stochastic and n_samples > 1:
             std_out = np.zeros((N, H, W), np.float32)
         calibration, scale = self.calibration, np.float32(norm.target.scale)
+        if std_out is not None and (why := self.calibration_mismatch(n_samples)):
+            warnings.warn(CalibrationMismatch(why), stacklevel=3)
 
         def to_std(std: np.ndarray) -> np.ndarray:
             return (std if calibration is None else calibration.apply(std)) * scale
@@ -815,7 +839,8 @@ class Model:
             errs.append((res.mean - norm.normalize_target(t)).ravel())
         std, err = np.concatenate(stds), np.concatenate(errs)
         before = cal.calibration_curve(std, err, n_bins)
-        fitted = cal.Calibration(*cal.fit_calibration(before))
+        fitted = cal.Calibration(*cal.fit_calibration(before),
+                                 fitted_for=self.config.sampling.estimator(S))
         after = cal.calibration_curve(fitted.apply(std), err, n_bins)
         self.calibration = fitted
         if plot is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,17 +34,37 @@ class CalibrationCurve:
 
 @dataclass(frozen=True)
 class Calibration:
-    """Linear std rescaling σ_cal = a·σ + b, fitted on validation data."""
+    """Linear std rescaling σ_cal = a·σ + b, fitted on validation data.
+
+    `fitted_for` records the sampling settings that shape the std the fit was made on (see
+    ``SamplingConfig.estimator``): the number of samples, the solver and its grid, antithetic
+    draws, how the mean and the spread are formed. A std formed otherwise (e.g. 8 samples
+    instead of 50) has another scale, so the fit does not carry over (:meth:`mismatch`).
+    None: not recorded (older models).
+    """
 
     a: float = 1.0
     b: float = 0.0
+    fitted_for: dict[str, Any] | None = None
 
     def apply(self, std: np.ndarray) -> np.ndarray:
         """Calibrated std (same shape and units as `std`), clipped at 0."""
         return np.maximum(self.a * std + self.b, 0.0).astype(std.dtype, copy=False)
 
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
+    def mismatch(self, settings: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """The settings in which `settings` differ from those of the fit, as
+        {name: (fitted, given)}; empty when they agree or the fit's are not recorded."""
+        if not self.fitted_for:
+            return {}
+        return {k: (v, settings.get(k)) for k, v in self.fitted_for.items()
+                if settings.get(k) != v}
+
+    def to_dict(self) -> dict[str, Any]:
+        """a and b, and fitted_for when it is recorded."""
+        d = asdict(self)
+        if d["fitted_for"] is None:
+            del d["fitted_for"]
+        return d
 
 
 MIN_COUNT = 30

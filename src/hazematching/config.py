@@ -110,6 +110,14 @@ class TrainingConfig(_Strict):
                       "which the dataset presets keep): measured on real-structure pairs at 150 "
                       "steps, HazeMatching's MMSE gained 3.0 dB and its samples went from noise "
                       "(HF power 42× the target's) to 0.92× (README, Configuration).")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="'cosine': the learning rate falls from lr to "
+        "final_lr_fraction·lr along a half cosine over the training budget (whichever of "
+        "max_steps, epochs and max_minutes ends it first); 'constant': lr throughout.")
+    final_lr_fraction: float = Field(0.0, ge=0.0, le=1.0, description="Where the cosine "
+                                     "schedule ends, as a fraction of lr.")
+    warmup_steps: int = Field(0, ge=0, description="Optimiser steps over which the learning "
+                              "rate rises linearly from 0 to its scheduled value.")
     weight_decay: float = Field(0.0, ge=0.0)
     ema_decay: float | None = Field(0.999, description="EMA of the weights used for validation "
                                     "and prediction; None disables it.")
@@ -217,6 +225,14 @@ class SamplingConfig(_Strict):
     precision: Literal["auto", "32", "bf16"] = Field(
         "auto", description="Network arithmetic during sampling; 'auto': bf16 autocast on a GPU, "
         "fp32 on the CPU. The ODE state is always accumulated in fp32.")
+
+    def estimator(self, n_samples: int | None = None) -> dict[str, Any]:
+        """The settings that shape the std (and MMSE) estimator, with `n_samples` (default
+        ``self.n_samples``) samples: what a calibration is fitted for."""
+        return {"n_samples": int(n_samples or self.n_samples), "solver": self.solver,
+                "n_time_points": self.n_time_points, "schedule": self.schedule,
+                "antithetic": self.antithetic, "mmse": self.mmse, "std": self.std,
+                "std_smoothing": self.std_smoothing}
 
     @model_validator(mode="after")
     def _overlap(self) -> SamplingConfig:

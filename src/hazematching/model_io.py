@@ -24,7 +24,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, StrictInt, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as serialize_weights
@@ -74,6 +83,7 @@ class CalibrationMeta(_Strict):
 
     a: FiniteFloat
     b: FiniteFloat
+    fitted_for: dict[str, StrictBool | StrictInt | FiniteFloat | StrictStr] | None = None
 
 
 class ModelMeta(BaseModel):
@@ -338,5 +348,5 @@ def _load_folder(folder: Path, shown: str, device: str | torch.device) -> Loaded
     norm = meta.normalization.model_dump()
     cal = meta.calibration
     return LoadedModel(config=config, method=method.eval(), normalizer=Normalizer.from_dict(norm),
-                       calibration=Calibration(cal.a, cal.b) if cal else None,
+                       calibration=Calibration(cal.a, cal.b, cal.fitted_for) if cal else None,
                        meta=meta.model_dump(mode="json"))

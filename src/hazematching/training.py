@@ -9,6 +9,7 @@ the model config, so that resuming with a different network is refused by name.
 from __future__ import annotations
 
 import io
+import math
 import time
 import warnings
 from pathlib import Path
@@ -18,7 +19,13 @@ import lightning.pytorch as pl
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar, WeightAveraging
+from lightning.pytorch.callbacks import (
+    Callback,
+    ModelCheckpoint,
+    RichProgressBar,
+    Timer,
+    WeightAveraging,
+)
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch.utils.data import DataLoader, Dataset
@@ -275,6 +282,61 @@ class _EveryMinutes(Callback):
         trainer.val_check_batch = _NEVER
 
 
+class LearningRate(Callback):
+    """Sets every optimiser's learning rate before each step from the training's progress:
+    ``training.lr`` × a linear warm-up over ``warmup_steps`` × (for ``lr_schedule`` 'cosine')
+    a half cosine from 1 to ``final_lr_fraction``.
+
+    Progress p ∈ [0, 1] is the furthest along of the budgets that end the fit: optimiser steps
+    over max_steps, epochs (with the fraction of the current one) over max_epochs, and the time
+    Lightning's Timer has counted over max_time. All three survive a resume (the step and epoch
+    in the checkpoint, the Timer's elapsed time in its state), so a resumed run continues on
+    the same curve; no scheduler state is kept. Rank 0's progress is broadcast when time can
+    decide it, so that all ranks of a distributed run step with one rate.
+    """
+
+    def __init__(self, cfg: TrainingConfig):
+        self.cfg = cfg
+
+    def progress(self, trainer: pl.Trainer, batch_idx: int) -> float:
+        """The fraction of the training budget used so far (0 … 1)."""
+        p = 0.0
+        if trainer.max_steps is not None and trainer.max_steps > 0:
+            p = trainer.global_step / trainer.max_steps
+        if trainer.max_epochs is not None and trainer.max_epochs > 0:
+            batches = trainer.num_training_batches
+            within = batch_idx / batches if batches and batches != float("inf") else 0.0
+            p = max(p, (trainer.current_epoch + within) / trainer.max_epochs)
+        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        remaining = timer.time_remaining() if timer is not None else None
+        if remaining is not None:
+            elapsed = timer.time_elapsed()
+            p_time = elapsed / max(elapsed + remaining, 1e-9)
+            if trainer.world_size > 1:
+                p_time = trainer.strategy.broadcast(p_time, src=0)
+            p = max(p, p_time)
+        return min(max(p, 0.0), 1.0)
+
+    def factor(self, trainer: pl.Trainer, batch_idx: int) -> float:
+        """The learning rate's multiple of ``training.lr`` for the coming step."""
+        cfg = self.cfg
+        f = 1.0
+        if cfg.lr_schedule == "cosine":
+            p = self.progress(trainer, batch_idx)
+            f = cfg.final_lr_fraction + (1 - cfg.final_lr_fraction) * 0.5 * (
+                1 + math.cos(math.pi * p))
+        if cfg.warmup_steps:
+            f *= min(1.0, (trainer.global_step + 1) / cfg.warmup_steps)
+        return f
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                             batch: Any, batch_idx: int) -> None:
+        lr = self.cfg.lr * self.factor(trainer, batch_idx)
+        for opt in trainer.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = lr
+
+
 def _val_schedule(cfg: TrainingConfig) -> tuple[dict[str, Any], list[Callback]]:
     """Lightning's validation arguments and callbacks for ``cfg.val_cadence``."""
     kind, every = cfg.val_cadence
@@ -307,6 +369,8 @@ def build_trainer(cfg: TrainingConfig, out_dir: Path, *, automatic_optimization:
     schedule, cadence = _val_schedule(cfg)
     # best first: trainer.checkpoint_callback
     callbacks: list[Callback] = [best, last, _SetEpoch(), _ValidateAtEnd(), *cadence]
+    if cfg.lr_schedule != "constant" or cfg.warmup_steps:
+        callbacks.append(LearningRate(cfg))
     if cfg.ema_decay is not None:
         callbacks.append(EMA(cfg.ema_decay))
     if cfg.progress_bar:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -92,6 +93,9 @@ def train(
                                                     "default hazematching).")] = None,
     epochs: Annotated[int | None, typer.Option()] = None,
     max_steps: Annotated[int | None, typer.Option()] = None,
+    max_minutes: Annotated[float | None, typer.Option(
+        help="Stop after this much training time (minutes); the learning-rate schedule "
+             "follows whichever budget ends first.")] = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
     patch_size: Annotated[int | None, typer.Option()] = None,
     lr: Annotated[float | None, typer.Option()] = None,
@@ -116,7 +120,7 @@ def train(
         dev = _parse_devices(devices)
         cfg = cfg.with_overrides({
             "method": method, "training.epochs": epochs, "training.max_steps": max_steps,
-            "training.batch_size": batch_size, "data.patch_size": patch_size,
+            "training.max_minutes": max_minutes, "training.batch_size": batch_size, "data.patch_size": patch_size,
             "training.lr": lr, "training.accelerator": accelerator, "training.devices": dev,
             "training.strategy": strategy, "training.calibrate": calibrate,
             **_parse_sets(set_)}, source="command-line options")
@@ -197,7 +201,7 @@ def predict(
     --devices the files are shared out among processes, each writing whole files; with
     --format zarr, the planes of each stack are shared out instead (same outputs to the bit).
     """
-    from hazematching.api import check_device, check_n_samples, load_model
+    from hazematching.api import CalibrationMismatch, check_device, check_n_samples, load_model
     from hazematching.distributed import RankFailedError, this_process
 
     try:
@@ -212,35 +216,40 @@ def predict(
                        "sampling.tile_size": tile_size, "sampling.tile_overlap": tile_overlap,
                        "sampling.batch_size": batch_size, "sampling.seed": seed})
         one = m.method.stochastic and m.n_samples_for(n_samples) == 1
+        if not one and (why := m.calibration_mismatch(n_samples)):
+            say(f"warning: {why}")
         predicted: dict[int, int] = {}
         sources: set[Path] = set()
         split: set[Path] = set()
         skipped = 0
-        for r in m.predict_files(files, out_dir, axes=axes, channels=channel, n_samples=n_samples,
-                                 save_samples=save_samples, overwrite=overwrite, device=device,
-                                 progress=True, devices=_parse_devices(devices),
-                                 num_nodes=num_nodes, strategy=strategy,
-                                 accelerator=accelerator, output_format=fmt, stem=stem):
-            me = this_process()
-            skipped += r.skipped
-            predicted[r.rank] = predicted.get(r.rank, 0) + (not r.skipped)
-            if not r.skipped:
-                sources.add(r.source)
-            if r.planes is not None:
-                split.add(r.source)
-            if r.rank != me.rank:  # another rank's, reported there as it was done
-                continue
-            tag = f"[rank {me.rank}/{me.world_size}] " if me.world_size > 1 else ""
-            if r.skipped:
-                say(f"{tag}{r.source}: skipped, its outputs exist ({r.outputs['mmse']}; "
-                    f"--overwrite predicts it again)")
-            else:
-                share = "" if r.planes is None else (
-                    f" planes {r.planes[0]}–{r.planes[-1]}" if len(r.planes) > 1
-                    else f" plane {r.planes[0]}")
-                say(f"{tag}{r.source}{share} → "
-                    + ", ".join(str(p) for p in r.outputs.values())
-                    + (" (1 sample: no std)" if one else ""))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CalibrationMismatch)  # said once above
+            for r in m.predict_files(files, out_dir, axes=axes, channels=channel,
+                                     n_samples=n_samples, save_samples=save_samples,
+                                     overwrite=overwrite, device=device, progress=True,
+                                     devices=_parse_devices(devices), num_nodes=num_nodes,
+                                     strategy=strategy, accelerator=accelerator,
+                                     output_format=fmt, stem=stem):
+                me = this_process()
+                skipped += r.skipped
+                predicted[r.rank] = predicted.get(r.rank, 0) + (not r.skipped)
+                if not r.skipped:
+                    sources.add(r.source)
+                if r.planes is not None:
+                    split.add(r.source)
+                if r.rank != me.rank:  # another rank's, reported there as it was done
+                    continue
+                tag = f"[rank {me.rank}/{me.world_size}] " if me.world_size > 1 else ""
+                if r.skipped:
+                    say(f"{tag}{r.source}: skipped, its outputs exist ({r.outputs['mmse']}; "
+                        f"--overwrite predicts it again)")
+                else:
+                    share = "" if r.planes is None else (
+                        f" planes {r.planes[0]}–{r.planes[-1]}" if len(r.planes) > 1
+                        else f" plane {r.planes[0]}")
+                    say(f"{tag}{r.source}{share} → "
+                        + ", ".join(str(p) for p in r.outputs.values())
+                        + (" (1 sample: no std)" if one else ""))
     except (*USER_ERRORS, RankFailedError) as err:
         fail(str(err))
     me = this_process()
