@@ -68,6 +68,16 @@ PAPER = SAMPLING_PRESETS["paper"]
 FAST = SAMPLING_PRESETS["fast"]
 DEFAULT = SAMPLING_PRESETS["default"]
 ANTI6 = {"antithetic": True, "n_time_points": 7, "schedule": "late"}
+
+
+def t0_lever(n_samples: int, steps: int) -> dict:
+    """K independent samples of `steps` Euler calls on the late grid, the one-call MMSE (free
+    with every sample's first call) and the samples' spread about it: no antithetic pairs,
+    whose two halves carry one draw's worth of spread."""
+    return {"n_samples": n_samples, "n_time_points": steps + 1, "schedule": "late",
+            "mmse": "t0", "std": "t0"}
+
+
 LEVERS: dict[str, dict] = {
     "paper preset (our predictor)": {},
     "K=8": {"n_samples": 8},
@@ -93,20 +103,10 @@ LEVERS: dict[str, dict] = {
         "n_samples": 16, "antithetic": True, "n_time_points": 6, "schedule": "late",
         "std_smoothing": 1.0},
     "K=50, Euler 6 late": {"n_time_points": 7, "schedule": "late"},
-    # The one-call MMSE (free with every sample's first call) and the spread of independent
-    # samples about it: no antithetic pairs, whose two halves carry one draw's worth of spread.
-    "K=8, Euler 6 late, t0 mean and std about it": {"n_samples": 8, "n_time_points": 7,
-                                                    "schedule": "late", "mmse": "t0",
-                                                    "std": "t0"},
-    "K=12, Euler 6 late, t0 mean and std about it": {"n_samples": 12, "n_time_points": 7,
-                                                     "schedule": "late", "mmse": "t0",
-                                                     "std": "t0"},
-    "K=8, Euler 4 late, t0 mean and std about it": {"n_samples": 8, "n_time_points": 5,
-                                                    "schedule": "late", "mmse": "t0",
-                                                    "std": "t0"},
-    "K=16, Euler 4 late, t0 mean and std about it": {"n_samples": 16, "n_time_points": 5,
-                                                     "schedule": "late", "mmse": "t0",
-                                                     "std": "t0"},
+    "K=8, Euler 6 late, t0 mean and std about it": t0_lever(8, 6),
+    "K=12, Euler 6 late, t0 mean and std about it": t0_lever(12, 6),
+    "K=8, Euler 4 late, t0 mean and std about it": t0_lever(8, 4),
+    "K=16, Euler 4 late, t0 mean and std about it": t0_lever(16, 4),
     "default": DEFAULT,
     "default + bf16": {**DEFAULT, "precision": "bf16"},
     "fast preset": FAST,

@@ -120,7 +120,8 @@ def train(
         dev = _parse_devices(devices)
         cfg = cfg.with_overrides({
             "method": method, "training.epochs": epochs, "training.max_steps": max_steps,
-            "training.max_minutes": max_minutes, "training.batch_size": batch_size, "data.patch_size": patch_size,
+            "training.max_minutes": max_minutes, "training.batch_size": batch_size,
+            "data.patch_size": patch_size,
             "training.lr": lr, "training.accelerator": accelerator, "training.devices": dev,
             "training.strategy": strategy, "training.calibrate": calibrate,
             **_parse_sets(set_)}, source="command-line options")
