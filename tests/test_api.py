@@ -78,9 +78,15 @@ def test_calibrate_stores_factors(model, tmp_path):
     raw = Model(again.config, method=again.method, normalizer=again.normalizer)
     a = again.predict(img, n_samples=3).std
     b = raw.predict(img, n_samples=3).std
-    np.testing.assert_allclose(a, np.maximum(rep.calibration.a * b + rep.calibration.b *
-                                             m.normalizer.target.scale, 0), rtol=1e-4,
+    # The default monotone map, applied in normalised units: σ_cal(σ / scale) · scale.
+    scale = np.float32(m.normalizer.target.scale)
+    assert rep.calibration.kind == "monotone"
+    np.testing.assert_allclose(a, rep.calibration.apply(b / scale) * scale, rtol=1e-4,
                                atol=1e-3)
+    linear = m.calibrate(make_pairs(2, seed=7), n_samples=4, n_bins=10, kind="linear",
+                         save=False).calibration
+    assert linear.kind == "linear" and (linear.a, linear.b) == (rep.calibration.a,
+                                                              rep.calibration.b)
 
 
 def test_a_calibration_knows_the_estimator_it_was_fitted_for(model, tmp_path):

@@ -80,3 +80,76 @@ def test_sparse_bins_are_left_out():
     assert kept.dropped == 2 and kept.counts.min() >= 30 and ence(kept) < 0.05
     only_sparse = calibration_curve(np.arange(5.0), np.ones(5), 5)
     assert only_sparse.counts.tolist() == [1, 1, 1, 1, 1]  # nothing reaches 30: keep the fullest
+
+
+def _few_sample_std(n: int, seed: int, k: int = 8):
+    """A std estimated from k draws around a log-uniform true std, and an error drawn with the
+    true std: the estimation noise bends RMSE vs RMV (regression dilution)."""
+    rng = np.random.default_rng(seed)
+    true = np.exp(rng.uniform(np.log(0.02), np.log(0.5), n))
+    err = rng.normal(0, true)
+    std = rng.normal(0, true[:, None], (n, k)).std(axis=1, ddof=1)
+    return std, err
+
+
+def test_monotone_fit_follows_the_bend_of_a_few_sample_std():
+    from scipy import stats
+
+    std_v, err_v = _few_sample_std(40_000, 1)
+    std_t, err_t = _few_sample_std(40_000, 2)
+    linear, monotone = fit(std_v, err_v, kind="linear"), fit(std_v, err_v)
+    assert linear.kind == "linear" and monotone.kind == "monotone" and len(monotone.knots) > 10
+    assert (monotone.a, monotone.b) == (linear.a, linear.b)  # the line is kept with the curve
+    e_lin = ence(calibration_curve(linear.apply(std_t), err_t))
+    e_mono = ence(calibration_curve(monotone.apply(std_t), err_t))
+    assert e_lin > 0.08 and e_mono < 0.6 * e_lin  # on held-out pixels
+    # A strictly increasing map: the ranking, and so the Spearman correlation, is unchanged.
+    rho = [stats.spearmanr(s, np.abs(err_t))[0] for s in (std_t, monotone.apply(std_t))]
+    assert rho[0] == pytest.approx(rho[1], abs=1e-12)
+
+
+def test_monotone_pools_a_decreasing_bin_and_stays_strictly_increasing():
+    std = np.repeat([1.0, 2.0, 3.0], 100)
+    err = np.repeat([1.0, 3.0, 2.0], 100)  # RMSE 1, 3, 2: the last two pool to 2.5
+    c = fit(std, err, n_bins=3)
+    xs, ys = np.array(c.knots).T
+    np.testing.assert_allclose(xs, [1.0, 2.0, 3.0])
+    assert ys[0] == pytest.approx(1.0) and ys[1] == pytest.approx(2.5)
+    assert ys[2] > ys[1] and ys[2] == pytest.approx(2.5, abs=1e-2)  # tilted, not flat
+    np.testing.assert_allclose(c.apply(xs), ys)
+
+
+def test_monotone_map_beyond_the_knots():
+    c = Calibration(a=2.0, b=0.0, knots=((1.0, 3.0), (2.0, 4.0)))
+    assert c.apply(np.array([1.5]))[0] == pytest.approx(3.5)
+    assert c.apply(np.array([4.0]))[0] == pytest.approx(4.0 + 2.0 * 2.0)  # slope a above
+    below = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+    low = c.apply(below)
+    np.testing.assert_allclose(low, 3.0 + 2.0 * (below - 1.0))  # the line's slope below
+    # Where that line would fall under the proportional map σ·y_1/x_1, the latter holds: the
+    # curve stays increasing and non-negative down to σ = 0.
+    steep = Calibration(a=3.0, knots=((1.0, 1.0), (2.0, 2.0))).apply(below)
+    np.testing.assert_allclose(steep, np.maximum(1.0 + 3.0 * (below - 1.0), below))
+    assert steep[0] == 0.0 and (np.diff(steep) > 0).all()
+
+
+@pytest.mark.parametrize("knots, match", [
+    (((1.0, 2.0),), "at least 2"),
+    (((1.0, 2.0), (1.0, 3.0)), "strictly increasing"),
+    (((1.0, 2.0), (2.0, 1.0)), "strictly increasing"),
+    (((-1.0, 2.0), (2.0, 3.0)), "non-negative"),
+    (((1.0, 2.0), (2.0, float("nan"))), "finite"),
+])
+def test_invalid_knots_are_refused(knots, match):
+    with pytest.raises(ValueError, match=match):
+        Calibration(a=1.0, knots=knots)
+
+
+def test_calibration_dict_round_trip():
+    c = Calibration(a=1.5, b=0.1, fitted_for={"n_samples": 8}, knots=((0.1, 0.2), (0.3, 0.5)))
+    d = c.to_dict()
+    assert d["knots"] == [[0.1, 0.2], [0.3, 0.5]]
+    assert Calibration(**d) == c
+    assert "knots" not in Calibration(a=2.0).to_dict()
+    with pytest.raises(ValueError, match="'linear' or 'monotone'"):
+        fit(np.ones(100), np.ones(100), kind="isotonic")

@@ -88,6 +88,9 @@ def _edit_meta(d, edit):
      (r"model.json: invalid field calibration.a: Field required; calibration.b: Field required; "
       r"calibration.alpha: Extra inputs are not permitted")),
     (lambda m: [m], r"model.json: corrupt \(expected a JSON object, found list\)"),
+    (lambda m: {**m, "calibration": {"a": 1.0, "b": 0.0, "knots": [[0.2, 0.3], [0.1, 0.4]]}},
+     (r"invalid field calibration: Value error, calibration knots must be non-negative and "
+      r"strictly increasing")),
     (lambda m: {**m, "normalization": {**m["normalization"], "target": {"offset": 0,
                                                                          "scale": -1}}},
      r"normalization.target.scale: Input should be greater than 0"),
@@ -162,4 +165,8 @@ def test_resaving_rewrites_only_what_changed_and_keeps_the_record(trained, tmp_p
     assert weights.stat().st_ino == before  # same weights: the file was not replaced
     meta = json.loads((d / "model.json").read_text())
     assert meta["calibration"] == {"a": 2.0, "b": 0.1}
+    monotone = Calibration(2.0, 0.1, {"n_samples": 8}, ((0.1, 0.25), (0.2, 0.5)))
+    m.calibration = monotone
+    m.save(d)
+    assert load_model(d).calibration == monotone
     assert meta["steps"] == trained[0].training_summary["steps"] and "val_loss" in meta

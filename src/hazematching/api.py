@@ -803,14 +803,17 @@ class Model:
 
     # ------------------------------------------------------------- calibration
     def calibrate(self, val: str | Path | PairedImages, *, n_samples: int | None = None,
-                  n_bins: int = 50, device: str | None = "auto", plot: str | Path | None = None,
+                  n_bins: int = 50, kind: cal.CalibrationKind | None = None,
+                  device: str | None = "auto", plot: str | Path | None = None,
                   save: bool = True, progress: bool = False) -> CalibrationReport:
-        """Fit σ_cal = a·σ + b on validation pairs (RMSE vs RMV) and store it with the model.
+        """Fit the std calibration on validation pairs (RMSE vs RMV) and store it with the model.
 
         Args:
             val: validation folder (either layout) or loaded pairs, raw units.
             n_samples: posterior samples per pixel, at least 2 (their spread is the std).
             n_bins: equal-width std bins.
+            kind: 'linear' (σ_cal = a·σ + b) or 'monotone' (the increasing curve through the
+                bins); default ``training.calibrator``.
             plot: optional PNG path for the RMSE-vs-RMV plot before/after.
             save: rewrite the model directory's model.json with the calibration.
         """
@@ -839,8 +842,8 @@ class Model:
             errs.append((res.mean - norm.normalize_target(t)).ravel())
         std, err = np.concatenate(stds), np.concatenate(errs)
         before = cal.calibration_curve(std, err, n_bins)
-        fitted = cal.Calibration(*cal.fit_calibration(before),
-                                 fitted_for=self.config.sampling.estimator(S))
+        fitted = cal.fit(std, err, n_bins, kind or self.config.training.calibrator,
+                         fitted_for=self.config.sampling.estimator(S))
         after = cal.calibration_curve(fitted.apply(std), err, n_bins)
         self.calibration = fitted
         if plot is not None:

@@ -1,10 +1,20 @@
-"""Uncertainty calibration: RMV vs RMSE in bins of predicted std, a linear fit, and ENCE.
+"""Uncertainty calibration: RMV vs RMSE in bins of predicted std, a linear or monotone fit, ENCE.
 
 Pixels are binned by their predicted standard deviation (equal-width bins). For bin k,
 RMV_k = sqrt(mean(σ²)) and RMSE_k = sqrt(mean((μ − x)²)). A well-calibrated model has
 RMSE_k ≈ RMV_k; the fit RMSE ≈ a·RMV + b, made on validation data, rescales every later std:
 σ_cal = a·σ + b. ENCE = mean_k |RMV_k − RMSE_k| / RMV_k over the kept bins
 (Levi et al., "Evaluating and Calibrating Uncertainty Prediction in Regression Tasks", 2022).
+
+The *monotone* fit replaces the line by the increasing curve through the bins (isotonic
+regression of RMSE_k on RMV_k, weighted by pixel count, over at most
+:data:`MONOTONE_FIT_BINS` bins), interpolated linearly between bins and continued with the
+line's slope beyond them. It matters for a std estimated from few
+samples: its estimation noise spreads pixels of one true uncertainty over several bins, so the
+top bins hold pixels whose std came out high by chance and RMSE flattens there (regression
+dilution) — a bend that no line follows. The curve is made strictly increasing (a minimal
+slope, 0.1 % of the line's, replaces flat runs), so the map keeps the std's ranking: the
+Spearman correlation of std and |error| is the same before and after it.
 
 Bins holding fewer than `min_count` pixels are left out (as netcal's ``sample_threshold``): the
 RMSE of n pixels has a relative standard error of about 1/√(2n), so a bin of one pixel says
@@ -16,9 +26,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+
+#: How a calibration maps the std: a line (a·σ + b) or the monotone curve through the bins.
+CalibrationKind = Literal["linear", "monotone"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +47,12 @@ class CalibrationCurve:
 
 @dataclass(frozen=True)
 class Calibration:
-    """Linear std rescaling σ_cal = a·σ + b, fitted on validation data.
+    """Std rescaling fitted on validation data: σ_cal = a·σ + b, or, when `knots` are given,
+    the increasing piecewise-linear curve through them (see the module docstring).
+
+    `knots`: ((σ_1, σ_cal,1), …) with both coordinates strictly increasing, σ ≥ 0, in
+    normalised units; empty for the linear map. Below the first knot and above the last the
+    curve continues with slope `a` (kept non-negative and increasing below the first knot).
 
     `fitted_for` records the sampling settings that shape the std the fit was made on (see
     ``SamplingConfig.estimator``): the number of samples, the solver and its grid, antithetic
@@ -46,10 +64,44 @@ class Calibration:
     a: float = 1.0
     b: float = 0.0
     fitted_for: dict[str, Any] | None = None
+    knots: tuple[tuple[float, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        knots = tuple((float(x), float(y)) for x, y in self.knots)
+        object.__setattr__(self, "knots", knots)
+        if not knots:
+            return
+        xs, ys = np.array(knots).T
+        if len(knots) < 2 or not (np.isfinite(xs).all() and np.isfinite(ys).all()):
+            raise ValueError(f"a monotone calibration needs at least 2 finite knots, got "
+                             f"{len(knots)}")
+        if xs[0] < 0 or ys[0] < 0 or (np.diff(xs) <= 0).any() or (np.diff(ys) <= 0).any():
+            raise ValueError("calibration knots must be non-negative and strictly increasing "
+                             "in both σ and σ_cal")
+        if not self.a > 0:
+            raise ValueError(f"a monotone calibration needs a slope a > 0, got {self.a}")
+
+    @property
+    def kind(self) -> CalibrationKind:
+        """'monotone' when the map is the curve through `knots`, else 'linear'."""
+        return "monotone" if self.knots else "linear"
 
     def apply(self, std: np.ndarray) -> np.ndarray:
         """Calibrated std (same shape and units as `std`), clipped at 0."""
-        return np.maximum(self.a * std + self.b, 0.0).astype(std.dtype, copy=False)
+        std = np.asarray(std)
+        if not self.knots:
+            return np.maximum(self.a * std + self.b, 0.0).astype(std.dtype, copy=False)
+        xs, ys = np.array(self.knots).T
+        s = std.astype(np.float64)
+        out = np.interp(s, xs, ys)
+        hi = s > xs[-1]
+        out[hi] = ys[-1] + self.a * (s[hi] - xs[-1])
+        lo = s < xs[0]
+        # Below the first knot: the line's slope, but never under the proportional map
+        # σ·y_1/x_1, so that the curve stays increasing and non-negative down to σ = 0.
+        prop = s[lo] * (ys[0] / xs[0]) if xs[0] > 0 else np.full(lo.sum(), ys[0])
+        out[lo] = np.maximum(ys[0] + self.a * (s[lo] - xs[0]), prop)
+        return np.maximum(out, 0.0).astype(std.dtype, copy=False)
 
     def mismatch(self, settings: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
         """The settings in which `settings` differ from those of the fit, as
@@ -60,10 +112,15 @@ class Calibration:
                 if settings.get(k) != v}
 
     def to_dict(self) -> dict[str, Any]:
-        """a and b, and fitted_for when it is recorded."""
+        """a and b, fitted_for when it is recorded, and knots (as [σ, σ_cal] lists) for a
+        monotone map."""
         d = asdict(self)
         if d["fitted_for"] is None:
             del d["fitted_for"]
+        if self.knots:
+            d["knots"] = [list(k) for k in self.knots]
+        else:
+            del d["knots"]
         return d
 
 
@@ -128,6 +185,32 @@ def fit_calibration(curve: CalibrationCurve) -> tuple[float, float]:
     return float(a), float(b)
 
 
+#: The monotone curve's least slope between knots, relative to the line's slope `a`.
+_MIN_RELATIVE_SLOPE = 1e-3
+
+
+def fit_monotone(curve: CalibrationCurve, a: float) -> tuple[tuple[float, float], ...]:
+    """Knots of the increasing curve RMSE ≈ g(RMV) through the bins: isotonic regression of
+    RMSE_k on RMV_k weighted by pixel count, made strictly increasing with a least slope of
+    0.1 % of `a` (the line's slope, > 0). Empty when fewer than 2 bins have a positive RMV."""
+    from scipy.optimize import isotonic_regression
+
+    ok = curve.rmv > 0
+    xs, rmse, w = curve.rmv[ok], curve.rmse[ok], curve.counts[ok].astype(np.float64)
+    if xs.size < 2:
+        return ()
+    ys = isotonic_regression(rmse, weights=w, increasing=True).x
+    ys = np.maximum(ys, 0.0)
+    least = _MIN_RELATIVE_SLOPE * a
+    for k in range(1, ys.size):  # flat runs of the isotonic fit would tie ranks: tilt them
+        ys[k] = max(ys[k], ys[k - 1] + least * (xs[k] - xs[k - 1]))
+    if ys[0] <= 0:  # an all-zero first bin: lift it just above 0 so the curve stays positive
+        ys[0] = least * xs[0]
+        for k in range(1, ys.size):
+            ys[k] = max(ys[k], ys[k - 1] + least * (xs[k] - xs[k - 1]))
+    return tuple(zip(xs.tolist(), ys.tolist()))
+
+
 def ence(curve: CalibrationCurve) -> float:
     """Expected normalised calibration error: mean over bins of |RMV − RMSE| / RMV."""
     ok = curve.rmv > 0
@@ -136,10 +219,26 @@ def ence(curve: CalibrationCurve) -> float:
     return float(np.mean(np.abs(curve.rmv[ok] - curve.rmse[ok]) / curve.rmv[ok]))
 
 
-def fit(std: np.ndarray, error: np.ndarray, n_bins: int = 50) -> Calibration:
-    """Fit a :class:`Calibration` from validation std and error arrays (same shape)."""
+#: Bins of the curve the monotone map is fitted through (at most; fewer if `n_bins` is
+#: smaller). Measured on two models (README, *Speed*): through 50 bins the curve follows the
+#: validation set's noise and the held-out ENCE of a 50-sample std rose from 0.065 (line) to
+#: 0.075–0.080; through 20 bins it stays at 0.066–0.067, and a few-sample std keeps most of its
+#: gain (0.15 → 0.10).
+MONOTONE_FIT_BINS = 20
+
+
+def fit(std: np.ndarray, error: np.ndarray, n_bins: int = 50,
+        kind: CalibrationKind = "monotone",
+        fitted_for: dict[str, Any] | None = None) -> Calibration:
+    """Fit a :class:`Calibration` from validation std and error arrays (same shape): the line
+    through `n_bins` equal-width bins always (its a, b), and for 'monotone' the knots of the
+    increasing curve through min(`n_bins`, :data:`MONOTONE_FIT_BINS`) bins."""
+    if kind not in ("linear", "monotone"):
+        raise ValueError(f"calibration kind must be 'linear' or 'monotone', got {kind!r}")
     a, b = fit_calibration(calibration_curve(std, error, n_bins))
-    return Calibration(a=a, b=b)
+    knots = (fit_monotone(calibration_curve(std, error, min(n_bins, MONOTONE_FIT_BINS)), a)
+             if kind == "monotone" else ())
+    return Calibration(a=a, b=b, fitted_for=fitted_for, knots=knots)
 
 
 def plot_calibration(curves: dict[str, CalibrationCurve], path: str | Path,

@@ -157,8 +157,14 @@ class TrainingConfig(_Strict):
     progress_bar: bool = True
     calibrate: bool = Field(
         True, description="After training a stochastic method, fit the std calibration "
-        "(RMSE ≈ a·RMV + b) on the validation images, which training never sees, and store it "
-        "with the model, so that its std is calibrated without a separate `calibrate` run.")
+        "(RMSE vs RMV, see `calibrator`) on the validation images, which training never sees, "
+        "and store it with the model, so that its std is calibrated without a separate "
+        "`calibrate` run.")
+    calibrator: Literal["linear", "monotone"] = Field(
+        "monotone", description="How a calibration maps the std (after training and in "
+        "`calibrate`): 'linear' σ_cal = a·σ + b, or 'monotone', the increasing curve through "
+        "the RMSE-vs-RMV bins, which also follows the bend of a std estimated from few samples "
+        "(see hazematching.calibration). Both keep the std's ranking.")
     calibration_pixels: int = Field(
         65536, ge=1024, description="Validation pixels (per plane crops, spread over the "
         "images) that the calibration after training predicts with the model's sampling "

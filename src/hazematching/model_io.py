@@ -33,6 +33,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    model_validator,
 )
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
@@ -79,11 +80,23 @@ class NormalizationMeta(_Strict):
 
 
 class CalibrationMeta(_Strict):
-    """``model.json``'s ``calibration``: σ_cal = a·σ + b (b in normalised units)."""
+    """``model.json``'s ``calibration``: σ_cal = a·σ + b (b in normalised units), or with
+    ``knots`` the increasing curve through [σ, σ_cal] pairs (see :mod:`hazematching.calibration`).
+    """
 
     a: FiniteFloat
     b: FiniteFloat
     fitted_for: dict[str, StrictBool | StrictInt | FiniteFloat | StrictStr] | None = None
+    knots: list[tuple[FiniteFloat, FiniteFloat]] | None = Field(None, max_length=10_000)
+
+    @model_validator(mode="after")
+    def _valid_map(self) -> CalibrationMeta:
+        self.build()  # knots out of order, or a monotone map with a ≤ 0, fail here
+        return self
+
+    def build(self) -> Calibration:
+        """The :class:`Calibration` these fields describe."""
+        return Calibration(self.a, self.b, self.fitted_for, tuple(self.knots or ()))
 
 
 class ModelMeta(BaseModel):
@@ -348,5 +361,5 @@ def _load_folder(folder: Path, shown: str, device: str | torch.device) -> Loaded
     norm = meta.normalization.model_dump()
     cal = meta.calibration
     return LoadedModel(config=config, method=method.eval(), normalizer=Normalizer.from_dict(norm),
-                       calibration=Calibration(cal.a, cal.b, cal.fitted_for) if cal else None,
+                       calibration=cal.build() if cal else None,
                        meta=meta.model_dump(mode="json"))

@@ -41,7 +41,7 @@ def test_bundle_defines_the_network_without_our_package(tmp_path):
 
 @pytest.mark.parametrize("parts,match", [
     ([("hazematching.bmz.network", None)],
-     ("uses NetworkConfig, NoiseField, TileMoments, UNet, default_batch_size, get_solver, "
+     ("uses Calibration, NetworkConfig, NoiseField, TileMoments, UNet, default_batch_size, get_solver, "
       "noise_tile, smooth_variance, time_grid from hazematching but no part defines")),
     ([("hazematching.config", ("NoSuchThing",))], "hazematching.config defines no NoSuchThing"),
     ([("hazematching.sampling", None), ("hazematching.sampling", None)], "both define"),

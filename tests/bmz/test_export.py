@@ -93,8 +93,8 @@ def test_package_describes_the_model(trained, package, files):
     assert [a["name"] for a in d["authors"]] == ["Anirban Ray", "Ashesh", "Florian Jug"]
     assert [o["id"] for o in d["outputs"]] == ["mmse", "std"]
     assert "calibrated" in d["outputs"][1]["description"]
-    # Pre-processing is the model's own normalisation, post-processing its inverse and the
-    # calibration σ_cal = a·σ + b in target units.
+    # Pre-processing is the model's own normalisation, post-processing its inverse; the
+    # network applies the calibration (the std's post-processing only scales to target units).
     norm, cal = trained.normalizer, trained.calibration
     pre = [p for p in d["inputs"][0]["preprocessing"] if p["id"] == "scale_linear"]
     assert pre[0]["kwargs"] == pytest.approx({"gain": 1 / norm.inputs[0].scale,
@@ -102,8 +102,8 @@ def test_package_describes_the_model(trained, package, files):
                                               / norm.inputs[0].scale})
     std_post = [p for p in d["outputs"][1]["postprocessing"] if p["id"] != "ensure_dtype"]
     assert std_post == [{"id": "scale_linear", "kwargs": pytest.approx(
-        {"gain": cal.a * norm.target.scale, "offset": cal.b * norm.target.scale})},
-        {"id": "clip", "kwargs": {"min": 0.0}}]
+        {"gain": norm.target.scale})}]
+    assert cal.kind == "monotone"  # the default calibrator, which only the network can apply
     # The network runs the model's own sampling configuration (n_samples as asked).
     s = trained.config.sampling
     kwargs = d["weights"]["pytorch_state_dict"]["architecture"]["kwargs"]
@@ -125,8 +125,8 @@ def test_architecture_source_is_self_contained(package, files):
                 for a in n.names}
     imported |= {(n.module or "").split(".")[0] for n in ast.walk(tree)
                  if isinstance(n, ast.ImportFrom)}
-    assert imported == {"__future__", "collections", "math", "numpy", "pydantic", "torch",
-                        "typing"}
+    assert imported == {"__future__", "collections", "dataclasses", "math", "numpy", "pydantic",
+                        "torch", "typing"}
     defined = {n.name for n in tree.body if isinstance(n, ast.ClassDef | ast.FunctionDef)}
     assert {"BMZNetwork", "UNet", "NetworkConfig", "NoiseField", "euler", "time_grid"} <= defined
 

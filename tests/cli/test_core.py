@@ -1,5 +1,7 @@
 """The command line on real files, through typer's CliRunner."""
 
+import json
+
 import numpy as np
 import pytest
 import tifffile
@@ -44,6 +46,15 @@ def test_train_predict_calibrate(tmp_path, paper_dataset, config_file):
                             "3", "--bins", "8"])
     assert r.exit_code == 0, r.output
     assert "ENCE" in r.output and (model / "calibration.png").exists()
+    stored = json.loads((model / "model.json").read_text())["calibration"]
+    assert "monotone through" in r.output and len(stored["knots"]) >= 2  # the default
+    r = runner.invoke(app, ["calibrate", str(model), str(paper_dataset / "val"), "--n-samples",
+                            "3", "--bins", "8", "--calibrator", "linear"])
+    assert r.exit_code == 0 and "monotone" not in r.output, r.output
+    assert "knots" not in json.loads((model / "model.json").read_text())["calibration"]
+    r = runner.invoke(app, ["calibrate", str(model), str(paper_dataset / "val"),
+                            "--calibrator", "isotonic"])
+    assert r.exit_code == 2 and "--calibrator must be 'linear' or 'monotone'" in r.output
 
     again = runner.invoke(app, ["train", str(paper_dataset), "--out", str(model), "--config",
                                 str(config_file)])

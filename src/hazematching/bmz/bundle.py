@@ -21,6 +21,7 @@ PACKAGE = "hazematching"
 #: What the package's architecture file is made of, in dependency order: (module, names or
 #: None for the whole module).
 BMZ_BUNDLE: tuple[tuple[str, tuple[str, ...] | None], ...] = (
+    ("hazematching.calibration", ("CalibrationKind", "Calibration")),
     ("hazematching.config", ("_Strict", "NetworkConfig")),
     ("hazematching.sampling", None),
     ("hazematching.noise_field", None),

@@ -64,11 +64,13 @@ def readme_text(model: Model, kwargs: dict[str, Any], notes: list[str]) -> str:
     else:
         sampling = "One U-Net evaluation per block. Output: `mmse`, the prediction."
     cal = model.calibration
+    rule = ("" if cal is None else
+            f"the monotone curve through {len(cal.knots)} RMSE-vs-RMV bins" if cal.knots else
+            f"σ_cal = max({cal.a:.6g}·σ + {cal.b:.6g}, 0)")
     std_post = ("" if not model.method.stochastic else
-                f"\n* `std`: σ · {(cal.a if cal else 1.0) * norm.target.scale:.6g} + "
-                f"{(cal.b if cal else 0.0) * norm.target.scale:.6g}, clipped at 0"
-                + (" (calibration σ_cal = a·σ + b and the target scale)" if cal else
-                   " (target scale only: uncalibrated)"))
+                f"\n* `std`: σ_cal · {norm.target.scale:.6g}, where the network has applied "
+                f"the calibration ({rule}, normalised units)" if cal else
+                f"\n* `std`: σ · {norm.target.scale:.6g} (target scale only: uncalibrated)")
     return f"""# HazeMatching: dehazing widefield fluorescence microscopy
 
 Exported by hazematching from a trained `{cfg.method}` model. The network restores a

@@ -7,8 +7,9 @@ The package holds:
   :mod:`hazematching.bmz.bundle`), so the package runs with torch, numpy and pydantic alone;
 * pre-processing that maps raw input intensities to the model's normalisation
   (``scale_linear`` with the training statistics stored in ``model.json``) and post-processing
-  back to target intensity units: MMSE = mean·scale + offset, std = max(a·scale·σ + b·scale, 0),
-  i.e. the calibrated std σ_cal = a·σ + b of :mod:`hazematching.calibration` in target units;
+  back to target intensity units: MMSE = mean·scale + offset, std = σ_cal·scale. The network
+  itself applies the model's calibration (σ_cal = a·σ + b, or the monotone curve of
+  :mod:`hazematching.calibration`, which no bioimage.io post-processing step can express);
 * a test input and the outputs the package must reproduce from it (``.npy``), a cover made from
   that prediction, a README, authors, licence and the paper's citation;
 * the model's own config, normalisation and calibration under ``config.hazematching``, from
@@ -102,7 +103,10 @@ def network_kwargs(model: Model, n_samples: int | None = None) -> dict[str, Any]
         kwargs |= {"solver": s.solver, "n_time_points": s.n_time_points,
                    "schedule": s.schedule, "n_samples": k, "mmse": s.mmse, "std": s.std,
                    "antithetic": s.antithetic, "std_smoothing": s.std_smoothing,
-                   "batch_size": s.batch_size, "seed": 0 if s.seed is None else s.seed}
+                   "batch_size": s.batch_size, "seed": 0 if s.seed is None else s.seed,
+                   "calibration": None if model.calibration is None else {
+                       k: v for k, v in model.calibration.to_dict().items()
+                       if k != "fitted_for"}}
     return kwargs
 
 
@@ -200,10 +204,8 @@ def export_bmz(model: Model | str | Path, out: str | Path, *, image: np.ndarray 
         raw = net(torch.from_numpy(norm.normalize_input(block)))
     mean, std = raw if stochastic else (raw, None)
     mmse = norm.denormalize_target(mean.numpy())
-    if std is not None:
-        cal = model.calibration
-        std_n = cal.apply(std.numpy()) if cal is not None else std.numpy()
-        std = std_n * np.float32(norm.target.scale)
+    if std is not None:  # calibrated inside the network (kwargs["calibration"])
+        std = std.numpy() * np.float32(norm.target.scale)
     with tempfile.TemporaryDirectory() as tmp:
         files = _write_files(Path(tmp), model, net, block, mmse, std, notes, kwargs)
         with warnings.catch_warnings():
@@ -250,8 +252,10 @@ def _notes(model: Model, kwargs: dict[str, Any]) -> list[str]:
                 f"the {kwargs['n_samples']} posterior samples (run `hazematching calibrate` "
                 f"on validation pairs and export again for a calibrated std).")
     else:
-        note = (f"The 'std' output is calibrated on validation data: σ_cal = {c.a:.6g}·σ + "
-                f"{c.b:.6g} (normalised units), then scaled to target intensity units.")
+        rule = (f"the increasing piecewise-linear curve through {len(c.knots)} RMSE-vs-RMV "
+                f"bins" if c.knots else f"σ_cal = {c.a:.6g}·σ + {c.b:.6g}")
+        note = (f"The 'std' output is calibrated on validation data inside the network: {rule} "
+                f"(normalised units), then scaled to target intensity units.")
     return [note]
 
 
@@ -330,12 +334,8 @@ def _describe(spec, model: Model, kwargs: dict[str, Any], files: _Files,
     ts = norm.target.scale
     post = {"mmse": [bmz.ScaleLinearDescr(kwargs=bmz.ScaleLinearKwargs(
         gain=ts, offset=norm.target.offset))]}
-    if "std" in files.test_outputs:
-        a, b = ((model.calibration.a, model.calibration.b) if model.calibration is not None
-                else (1.0, 0.0))
-        post["std"] = [bmz.ScaleLinearDescr(kwargs=bmz.ScaleLinearKwargs(gain=a * ts,
-                                                                         offset=b * ts)),
-                       bmz.ClipDescr(kwargs=bmz.ClipKwargs(min=0.0))]
+    if "std" in files.test_outputs:  # the network returns the std calibrated, ≥ 0
+        post["std"] = [bmz.ScaleLinearDescr(kwargs=bmz.ScaleLinearKwargs(gain=ts))]
     about = {"mmse": "posterior mean (MMSE estimate), target intensity units"
              if model.method.stochastic else "prediction, target intensity units",
              "std": "per-pixel posterior std, target intensity units"

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from hazematching.calibration import Calibration
 from hazematching.config import NetworkConfig
 from hazematching.nets.unet import UNet
 from hazematching.noise_field import NoiseField
@@ -59,13 +60,17 @@ class BMZNetwork(nn.Module):
         batch_size: (block, sample) pairs per network call; None: the predictor's default for
             the device the network runs on.
         seed: seed of the noise field.
+        calibration: the model's std calibration as :meth:`Calibration.to_dict` writes it
+            (a, b and, for a monotone map, knots; normalised units), applied to the std before
+            it is returned; None: the std is the uncalibrated spread.
     """
 
     def __init__(self, method: str, in_channels: int, network: dict[str, Any], *,
                  solver: str = "euler", n_time_points: int = 20, schedule: str = "uniform",
                  n_samples: int = 2, mmse: str = "samples", std: str = "samples",
                  antithetic: bool = False, std_smoothing: float = 0.0,
-                 batch_size: int | None = None, seed: int = 0):
+                 batch_size: int | None = None, seed: int = 0,
+                 calibration: dict[str, Any] | None = None):
         super().__init__()
         if method not in BMZ_METHODS:
             raise ValueError(f"method {method!r} has no BMZ prediction rule; expected one of "
@@ -81,6 +86,8 @@ class BMZNetwork(nn.Module):
         self.n_samples, self.mmse, self.std = n_samples, mmse, std
         self.antithetic, self.std_smoothing = antithetic, std_smoothing
         self.batch_size, self.seed = batch_size, seed
+        self.calibration = None if calibration is None else Calibration(
+            calibration["a"], calibration["b"], knots=tuple(calibration.get("knots", ())))
         flow = method == "hazematching"
         self.net = UNet(in_channels + 1 if flow else in_channels, 1, NetworkConfig(**network))
 
@@ -92,7 +99,8 @@ class BMZNetwork(nn.Module):
 
         Returns:
             regression: (B, 1, Y, X) prediction. hazematching: (mmse, std), each
-            (B, 1, Y, X) float32 in normalised target units; the std is not calibrated.
+            (B, 1, Y, X) float32 in normalised target units; the std calibrated when the
+            network was given a calibration.
         """
         if self.method == "regression":
             return self.net(0.0, x)
@@ -128,4 +136,7 @@ class BMZNetwork(nn.Module):
                 moments[i].add(end[sel], estimate[sel])
         mean, var = zip(*(m.mean_var(self.mmse, self.std) for m in moments), strict=True)
         var = smooth_variance(torch.stack(var), self.std_smoothing)
-        return torch.stack(mean)[:, None].float(), var[:, None].sqrt().float()
+        std = var[:, None].sqrt().float()
+        if self.calibration is not None:
+            std = torch.from_numpy(self.calibration.apply(std.cpu().numpy())).to(x.device)
+        return torch.stack(mean)[:, None].float(), std

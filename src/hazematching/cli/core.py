@@ -271,11 +271,14 @@ def calibrate(
         help="Sampling preset to calibrate (fast or paper); the model keeps it, so that "
              "later predictions use the settings the calibration was fitted for.")] = None,
     bins: Annotated[int, typer.Option(help="Equal-width std bins.")] = 50,
+    calibrator: Annotated[str | None, typer.Option(
+        help="'monotone' (the increasing curve through the RMSE-vs-RMV bins) or 'linear' "
+             "(RMSE ≈ a·RMV + b); default: the model's training.calibrator.")] = None,
     plot: Annotated[Path | None, typer.Option(help="PNG of RMSE vs RMV (default: "
                                                    "MODEL/calibration.png).")] = None,
     device: Annotated[str, typer.Option()] = "auto",
 ) -> None:
-    """Fit the std calibration (RMSE ≈ a·RMV + b) on validation pairs and store it."""
+    """Fit the std calibration (RMSE vs RMV) on validation pairs and store it."""
     from hazematching.api import check_device, check_n_samples, load_model
 
     try:
@@ -283,16 +286,20 @@ def calibrate(
         check_n_samples(n_samples)
         if bins < 1:
             raise ValueError(f"--bins must be at least 1, got {bins}")
+        if calibrator not in (None, "linear", "monotone"):
+            raise ValueError(f"--calibrator must be 'linear' or 'monotone', got {calibrator!r}")
         m = load_model(model)
         if m.path is None:
             raise ValueError(f"{model}: calibrate a model directory, not an archive")
         if preset:
             m.reconfigure(preset_overrides(preset))
-        rep = m.calibrate(val, n_samples=n_samples, n_bins=bins, device=device,
-                          plot=plot or model / "calibration.png", progress=True)
+        rep = m.calibrate(val, n_samples=n_samples, n_bins=bins, kind=calibrator,
+                          device=device, plot=plot or model / "calibration.png", progress=True)
     except USER_ERRORS as err:
         fail(str(err))
-    say(f"calibration a={rep.calibration.a:.4f} b={rep.calibration.b:.4f}; ENCE "
+    c = rep.calibration
+    shape = f"monotone through {len(c.knots)} bins, " if c.knots else ""
+    say(f"calibration {shape}a={c.a:.4f} b={c.b:.4f}; ENCE on these pairs "
         f"{rep.ence_before:.4f} → {rep.ence_after:.4f}")
 
 
