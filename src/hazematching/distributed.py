@@ -13,6 +13,7 @@ code.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import pickle
@@ -180,4 +181,17 @@ def start(devices: int | str | list[int] | None = None, *, num_nodes: int = 1,
                          f"command once per process: use strategy 'ddp'") from None
     except (MisconfigurationException, ValueError, RuntimeError) as err:
         raise ValueError(f"distributed settings ({settings}): {err}") from None
+    if torch.distributed.is_initialized():
+        atexit.unregister(_destroy_process_group)  # one registration however often it starts
+        atexit.register(_destroy_process_group)
     return Ranks(fabric.global_rank, fabric.world_size, str(fabric.device))
+
+
+def _destroy_process_group() -> None:
+    """Tear the process group down while the interpreter is still whole. Left to interpreter
+    finalisation, gloo's worker threads can still hold work items whose tensors need the GIL,
+    and the process aborts (SIGABRT, "terminate called without an active exception") after
+    its work is done: seen intermittently with torch 2.14 when a rank had failed (see
+    pytorch/pytorch#179291)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
