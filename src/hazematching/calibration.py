@@ -92,7 +92,7 @@ class Calibration:
         if not self.knots:
             return np.maximum(self.a * std + self.b, 0.0).astype(std.dtype, copy=False)
         xs, ys = np.array(self.knots).T
-        s = std.astype(np.float64)
+        s = std.astype(np.float64).reshape(-1)
         out = np.interp(s, xs, ys)
         hi = s > xs[-1]
         out[hi] = ys[-1] + self.a * (s[hi] - xs[-1])
@@ -101,7 +101,7 @@ class Calibration:
         # σ·y_1/x_1, so that the curve stays increasing and non-negative down to σ = 0.
         prop = s[lo] * (ys[0] / xs[0]) if xs[0] > 0 else np.full(lo.sum(), ys[0])
         out[lo] = np.maximum(ys[0] + self.a * (s[lo] - xs[0]), prop)
-        return np.maximum(out, 0.0).astype(std.dtype, copy=False)
+        return np.maximum(out, 0.0).reshape(std.shape).astype(std.dtype, copy=False)
 
     def mismatch(self, settings: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
         """The settings in which `settings` differ from those of the fit, as
