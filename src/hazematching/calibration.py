@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -200,14 +200,11 @@ def fit_monotone(curve: CalibrationCurve, a: float) -> tuple[tuple[float, float]
     if xs.size < 2:
         return ()
     ys = isotonic_regression(rmse, weights=w, increasing=True).x
-    ys = np.maximum(ys, 0.0)
     least = _MIN_RELATIVE_SLOPE * a
+    # An all-zero first bin is lifted just above 0, so that the curve stays positive.
+    ys[0] = max(ys[0], least * xs[0])
     for k in range(1, ys.size):  # flat runs of the isotonic fit would tie ranks: tilt them
         ys[k] = max(ys[k], ys[k - 1] + least * (xs[k] - xs[k - 1]))
-    if ys[0] <= 0:  # an all-zero first bin: lift it just above 0 so the curve stays positive
-        ys[0] = least * xs[0]
-        for k in range(1, ys.size):
-            ys[k] = max(ys[k], ys[k - 1] + least * (xs[k] - xs[k - 1]))
     return tuple(zip(xs.tolist(), ys.tolist()))
 
 
@@ -233,7 +230,7 @@ def fit(std: np.ndarray, error: np.ndarray, n_bins: int = 50,
     """Fit a :class:`Calibration` from validation std and error arrays (same shape): the line
     through `n_bins` equal-width bins always (its a, b), and for 'monotone' the knots of the
     increasing curve through min(`n_bins`, :data:`MONOTONE_FIT_BINS`) bins."""
-    if kind not in ("linear", "monotone"):
+    if kind not in get_args(CalibrationKind):
         raise ValueError(f"calibration kind must be 'linear' or 'monotone', got {kind!r}")
     a, b = fit_calibration(calibration_curve(std, error, n_bins))
     knots = (fit_monotone(calibration_curve(std, error, min(n_bins, MONOTONE_FIT_BINS)), a)

@@ -12,6 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from hazematching.calibration import CalibrationKind
+
 AXES_ALLOWED = ("YX", "ZYX", "TYX", "SYX", "CYX", "ZCYX", "TCYX", "SCYX")
 
 
@@ -160,7 +162,7 @@ class TrainingConfig(_Strict):
         "(RMSE vs RMV, see `calibrator`) on the validation images, which training never sees, "
         "and store it with the model, so that its std is calibrated without a separate "
         "`calibrate` run.")
-    calibrator: Literal["linear", "monotone"] = Field(
+    calibrator: CalibrationKind = Field(
         "monotone", description="How a calibration maps the std (after training and in "
         "`calibrate`): 'linear' σ_cal = a·σ + b, or 'monotone', the increasing curve through "
         "the RMSE-vs-RMV bins, which also follows the bend of a std estimated from few samples "

@@ -86,8 +86,7 @@ class BMZNetwork(nn.Module):
         self.n_samples, self.mmse, self.std = n_samples, mmse, std
         self.antithetic, self.std_smoothing = antithetic, std_smoothing
         self.batch_size, self.seed = batch_size, seed
-        self.calibration = None if calibration is None else Calibration(
-            calibration["a"], calibration["b"], knots=tuple(calibration.get("knots", ())))
+        self.calibration = None if calibration is None else Calibration(**calibration)
         flow = method == "hazematching"
         self.net = UNet(in_channels + 1 if flow else in_channels, 1, NetworkConfig(**network))
 
