@@ -11,7 +11,8 @@ On one trained model (trained here on simulated pairs, or loaded with --model):
   and |error| on the test images. A lever passes when its MMSE PSNR is
   within 0.1 dB of the reference, its samples' power ratio within 5 % of the reference's, and
   its calibrated ENCE and Spearman no worse (strictly: a seed-to-seed spread of the reference
-  itself is not subtracted).
+  itself is not subtracted). Next to each ENCE gap the table gives its 90 % interval over test
+  images drawn with replacement, to tell a real gap from the few images' chance.
 * **Wall time** for one --size² image (default 1024²), MMSE + calibrated std: the published
   loop draws its 50 samples one after another and solves one 128-px tile at a time (batch 1, as
   its code does); a subset of its tile-samples is timed and the total extrapolated as
@@ -92,6 +93,10 @@ LEVERS: dict[str, dict] = {
                                               "solver": "heun", "n_time_points": 4,
                                               "schedule": "late"},
     "K=8 antithetic, Euler 6 late, std about t0": {"n_samples": 8, **ANTI6, "std": "t0"},
+    "K=12 antithetic, Euler 6 late, std about t0": {"n_samples": 12, **ANTI6, "std": "t0"},
+    "K=16 antithetic, Euler 4 late, std about t0": {
+        "n_samples": 16, "antithetic": True, "n_time_points": 5, "schedule": "late",
+        "std": "t0"},
     "K=8 antithetic, Euler 6 late, std smoothed 1 px": {"n_samples": 8, **ANTI6,
                                                         "std_smoothing": 1.0},
     "K=16 antithetic, Euler 4 late, std about t0, smoothed": {
@@ -117,6 +122,8 @@ LEVERS: dict[str, dict] = {
     "default + bf16": {**DEFAULT, "precision": "bf16"},
     "fast preset": FAST,
     "fast preset + bf16": {**FAST, "precision": "bf16"},
+    "balanced preset": SAMPLING_PRESETS["balanced"],
+    "balanced preset + bf16": {**SAMPLING_PRESETS["balanced"], "precision": "bf16"},
 }
 
 
@@ -255,10 +262,13 @@ def score(val: Outputs, test: Outputs, val_t: list[np.ndarray], test_t: list[np.
     std_v = np.concatenate([s.ravel() for s in val.std])
     err_t = np.concatenate([(m - t).ravel() for m, t in zip(test.mean, test_t)])
     raw_t = np.concatenate([s.ravel() for s in test.std])
-    ence = {}
+    ence, parts = {}, []
     for kind in ("monotone", "linear"):
         calib = cal.fit(std_v, err_v, kind=kind)
         ence[kind] = cal.ence(cal.calibration_curve(calib.apply(raw_t), err_t))
+        if kind == "monotone":
+            parts = [(calib.apply(s).ravel(), (m - t).ravel())
+                     for s, m, t in zip(test.std, test.mean, test_t)]
     return {
         "psnr": float(np.mean([ri_psnr(m, t) for m, t in zip(test.mean, test_t)])),
         "hf_ratio": float(np.mean([band_power_ratio(s, t).mean()
@@ -269,7 +279,25 @@ def score(val: Outputs, test: Outputs, val_t: list[np.ndarray], test_t: list[np.
         "ence_linear": ence["linear"],
         "spearman": float(stats.spearmanr(raw_t, np.abs(err_t))[0]),
         "calibration": [calib.a, calib.b],
+        "_parts": parts,  # per test image: calibrated std and error, for the bootstrap
     }
+
+
+def ence_delta_interval(ref: list, lever: list, n_boot: int = 400, seed: int = 0
+                        ) -> tuple[float, float]:
+    """90 % interval of ENCE(lever) − ENCE(reference) over test images drawn with replacement
+    (the same draw for both: the images are shared), with each side's calibration held fixed.
+    It says how much of a gap the few test images can tell from chance."""
+    rng = np.random.default_rng(seed)
+    deltas = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(ref), len(ref))
+        e = [cal.ence(cal.calibration_curve(np.concatenate([side[i][0] for i in idx]),
+                                            np.concatenate([side[i][1] for i in idx])))
+             for side in (lever, ref)]
+        deltas.append(e[0] - e[1])
+    lo, hi = np.percentile(deltas, [5, 95])
+    return float(lo), float(hi)
 
 
 def gate(q: dict, ref: dict) -> dict:
@@ -413,8 +441,10 @@ def main() -> None:
               f"{time.perf_counter() - t0:.0f} s", flush=True)
     results = {"reference": score(ref_v, ref_t, val_t, test_t), "levers": {}}
     ref_q = results["reference"]
+    ref_parts = ref_q.pop("_parts")
     for name, over in levers.items():
         q = score(*cached_lever(work, model, over, val_x, test_x, dev), val_t, test_t)
+        q["ence_delta_90"] = ence_delta_interval(ref_parts, q.pop("_parts"))
         results["levers"][name] = {"overrides": over, **q, "gate": gate(q, ref_q)}
         print(f"  {name}: {json.dumps({k: v for k, v in q.items() if k != 'calibration'})}",
               flush=True)
@@ -454,21 +484,22 @@ def main() -> None:
 
     (work / "results.json").write_text(json.dumps(results, indent=1))
     print("\n| lever | work ratio | speed-up | MMSE RI-PSNR Δ (dB) | sample HF ratio (Δ) | "
-          "ENCE (Δ) | ENCE, linear fit (Δ) | Spearman (Δ) | gate |\n"
-          "|---|---:|---:|---:|---:|---:|---:|---:|---|")
+          "ENCE (Δ) | Δ ENCE, 90 % over images | ENCE, linear fit (Δ) | Spearman (Δ) | "
+          "gate |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     print(f"| published (re-implementation) | 1 | 1.0× | {ref_q['psnr']:.2f} dB | "
-          f"{ref_q['hf_ratio']:.3f} | {ref_q['ence']:.3f} | {ref_q['ence_linear']:.3f} | "
+          f"{ref_q['hf_ratio']:.3f} | {ref_q['ence']:.3f} | — | {ref_q['ence_linear']:.3f} | "
           f"{ref_q['spearman']:.3f} | — |")
     for name, r in results["levers"].items():
         sp = f"{r['speedup']:.1f}×" if "speedup" in r else "—"
         if "psnr" not in r:  # timed only
-            print(f"| {name} | — | {sp} | — | — | — | — | — | not scored |")
+            print(f"| {name} | — | {sp} | — | — | — | — | — | — | not scored |")
             continue
         failed = [k for k, v in r["gate"].items() if k != "passes" and not v]
         print(f"| {name} | {r['work_ratio']:.1f} | {sp} | {r['psnr'] - ref_q['psnr']:+.2f} | "
               f"{r['hf_ratio']:.3f} "
               f"({r['hf_ratio'] / ref_q['hf_ratio'] - 1:+.1%}) | {r['ence']:.3f} "
-              f"({r['ence'] - ref_q['ence']:+.3f}) | {r['ence_linear']:.3f} "
+              f"({r['ence'] - ref_q['ence']:+.3f}) | {r['ence_delta_90'][0]:+.3f} … "
+              f"{r['ence_delta_90'][1]:+.3f} | {r['ence_linear']:.3f} "
               f"({r['ence_linear'] - ref_q['ence_linear']:+.3f}) | {r['spearman']:.3f} "
               f"({r['spearman'] - ref_q['spearman']:+.3f}) | "
               f"{'pass' if r['gate']['passes'] else 'fail: ' + ', '.join(failed)} |")

@@ -71,6 +71,8 @@ def test_calibrate_stores_factors(model, tmp_path):
     m = load_model(d)
     rep = m.calibrate(make_pairs(2, seed=7), n_samples=4, n_bins=10, plot=tmp_path / "c.png")
     assert rep.calibration.a > 0 and rep.ence_after <= rep.ence_before + 1e-9
+    # two pairs: each scored by the calibration fitted on the other
+    assert rep.ence_heldout is not None and np.isfinite(rep.ence_heldout)
     assert (tmp_path / "c.png").exists()
     again = load_model(d)
     assert again.calibration == rep.calibration
@@ -214,6 +216,7 @@ def test_fit_calibrates_on_the_validation_images_by_default(model, tmp_path):
     assert model.calibration is not None and (model.path / "calibration.png").is_file()
     assert fit["images"] == 2 and fit["n_samples"] == TINY["sampling"]["n_samples"]
     assert fit["ence_after"] <= fit["ence_before"] + 1e-9
+    assert isinstance(fit["ence_heldout"], float)  # crops of the 2 validation images
     assert load_model(model.path).calibration == model.calibration
     # the budget crops the validation pixels; off when asked
     cfg = ModelConfig.from_dict(TINY).with_overrides({"training.epochs": 1,

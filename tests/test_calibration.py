@@ -9,6 +9,7 @@ from hazematching.calibration import (
     ence,
     fit,
     fit_calibration,
+    heldout_ence,
     plot_calibration,
 )
 
@@ -153,3 +154,26 @@ def test_calibration_dict_round_trip():
     assert "knots" not in Calibration(a=2.0).to_dict()
     with pytest.raises(ValueError, match="'linear' or 'monotone'"):
         fit(np.ones(100), np.ones(100), kind="isotonic")
+
+
+def test_heldout_ence_scores_each_fold_with_the_others_fit():
+    # four "images" of a few-sample std: fold 0 = images 0 and 2, fold 1 = images 1 and 3
+    imgs = [_few_sample_std(20_000, seed) for seed in range(4)]
+    stds, errs = [s for s, _ in imgs], [e for _, e in imgs]
+    by_hand = []
+    for fit_on, score_on in (((1, 3), (0, 2)), ((0, 2), (1, 3))):
+        calib = fit(np.concatenate([stds[i] for i in fit_on]),
+                    np.concatenate([errs[i] for i in fit_on]), 30)
+        by_hand.append(ence(calibration_curve(
+            calib.apply(np.concatenate([stds[i] for i in score_on])),
+            np.concatenate([errs[i] for i in score_on]), 30)))
+    assert heldout_ence(stds, errs, 30) == pytest.approx(np.mean(by_hand), rel=1e-12)
+    # in-sample, the monotone curve is scored on the bins it went through: it flatters itself
+    std, err = np.concatenate(stds), np.concatenate(errs)
+    in_sample = ence(calibration_curve(fit(std, err, 30).apply(std), err, 30))
+    assert heldout_ence(stds, errs, 30) > 1.5 * in_sample
+    assert heldout_ence(stds[:1], errs[:1]) is None  # one image: nothing to hold out
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        heldout_ence(stds, errs, folds=1)
+    with pytest.raises(ValueError, match="4 std maps but 3 error maps"):
+        heldout_ence(stds, errs[:3])

@@ -31,6 +31,14 @@ def test_paper_preset_is_the_published_sampler():
     ({"data": {"axes": "QYX"}}, "data.axes"),
     ({"trainnig": {}}, "trainnig"),
     ({"network": {"attention_downsample": [3]}}, "attention_downsample contains 3"),
+    ({"network": {"model_channels": 32000}}, "network.model_channels"),
+    ({"network": {"channel_mult": [1, 2, 2, 2, 2, 2, 2, 2, 2]}}, "1 to 8 multipliers"),
+    ({"network": {"channel_mult": [1, 64]}}, "each from 1 to 16"),
+    ({"network": {"num_res_blocks": 100}}, "network.num_res_blocks"),
+    # the default network attends at 16×16 (of a 128-px patch) 96 wide (32 × 3), and in its
+    # middle block 128 wide (32 × 4)
+    ({"network": {"num_heads": 5}}, r"num_heads=5 must divide the attention width 96"),
+    ({"network": {"num_heads": 3}}, r"num_heads=3 must divide the attention width 128"),
 ])
 def test_invalid_fields_are_named(raw, field):
     with pytest.raises(ConfigError, match=field.replace("(", r"\(")):

@@ -123,8 +123,12 @@ def test_corrupt_config_and_non_finite_weights(trained, tmp_path):
     with pytest.raises(ModelFileError, match="config.yaml: unreadable"):
         load_model(d)
     (d / "config.yaml").write_text("network:\n  num_res_blocks: 1000000000\n")
+    with pytest.raises(ModelFileError, match="num_res_blocks"):
+        load_model(d)  # out of bounds: refused by the config's validation
+    (d / "config.yaml").write_text("network:\n  model_channels: 1024\n  num_res_blocks: 16\n"
+                                   "  channel_mult: [16, 16, 16, 16, 16]\n")
     with pytest.raises(ModelFileError, match="far more parameters than the"):
-        load_model(d)  # stopped while building on the meta device: no memory, no wait
+        load_model(d)  # in bounds, but stopped while building on the meta device: no memory
 
 
 def test_corrupt_archives(trained, tmp_path):

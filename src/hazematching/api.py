@@ -97,6 +97,10 @@ class CalibrationReport:
     ence_after: float
     curve_before: cal.CalibrationCurve
     curve_after: cal.CalibrationCurve
+    #: ENCE on images the calibration was not fitted on (2-fold by image, see
+    #: :func:`hazematching.calibration.heldout_ence`); None with a single image. The in-sample
+    #: `ence_after` flatters the fit: a monotone curve is scored on the bins it went through.
+    ence_heldout: float | None = None
 
 
 def check_device(device: str | torch.device | None) -> None:
@@ -260,7 +264,7 @@ class Model:
                              progress=cfg.progress_bar)
         return {"images": len(val), "pixels": int(sum(t.size for t in crops.targets)),
                 "n_samples": self.n_samples_for(None), "ence_before": float(rep.ence_before),
-                "ence_after": float(rep.ence_after)}
+                "ence_after": float(rep.ence_after), "ence_heldout": rep.ence_heldout}
 
     @staticmethod
     @contextlib.contextmanager
@@ -838,19 +842,21 @@ class Model:
             t = np.concatenate([pairs.targets[i] for i in idx])
             res = predict_planes(self.method, norm.normalize_input(x), self.config.sampling,
                                  n_samples=S, device=device, progress=progress)
-            stds.append(res.std.ravel())
-            errs.append((res.mean - norm.normalize_target(t)).ravel())
-        std, err = np.concatenate(stds), np.concatenate(errs)
+            stds.extend(res.std)
+            errs.extend(res.mean - norm.normalize_target(t))
+        std = np.concatenate([s.ravel() for s in stds])
+        err = np.concatenate([e.ravel() for e in errs])
+        kind = kind or self.config.training.calibrator
         before = cal.calibration_curve(std, err, n_bins)
-        fitted = cal.fit(std, err, n_bins, kind or self.config.training.calibrator,
-                         fitted_for=self.config.sampling.estimator(S))
+        fitted = cal.fit(std, err, n_bins, kind, fitted_for=self.config.sampling.estimator(S))
         after = cal.calibration_curve(fitted.apply(std), err, n_bins)
         self.calibration = fitted
         if plot is not None:
             cal.plot_calibration({"uncalibrated": before, "calibrated": after}, plot)
         if save and self.path is not None:
             self.save(self.path)
-        return CalibrationReport(fitted, cal.ence(before), cal.ence(after), before, after)
+        return CalibrationReport(fitted, cal.ence(before), cal.ence(after), before, after,
+                                 cal.heldout_ence(stds, errs, n_bins, kind))
 
     # ----------------------------------------------------------------- storage
     def save(self, path: str | Path) -> Path:

@@ -24,6 +24,7 @@ of 30 pixels keeps that error near 13 %.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -236,6 +237,41 @@ def fit(std: np.ndarray, error: np.ndarray, n_bins: int = 50,
     knots = (fit_monotone(calibration_curve(std, error, min(n_bins, MONOTONE_FIT_BINS)), a)
              if kind == "monotone" else ())
     return Calibration(a=a, b=b, fitted_for=fitted_for, knots=knots)
+
+
+def heldout_ence(stds: Sequence[np.ndarray], errors: Sequence[np.ndarray], n_bins: int = 50,
+                 kind: CalibrationKind = "monotone", folds: int = 2) -> float | None:
+    """ENCE of a calibration on images it was not fitted on: the images are dealt into `folds`
+    groups (image i to group i mod `folds`), each group is scored with the calibration fitted on
+    the others, and the groups' ENCEs are averaged. The in-sample ENCE of a fit flatters it
+    (a monotone curve through the bins it is scored on is ≈ 0); this one estimates what a new
+    image sees.
+
+    Args:
+        stds, errors: per image, the raw std and the error of the MMSE (any shape, same per
+            image), in the same units.
+        n_bins, kind: as for :func:`fit`.
+        folds: number of groups, at least 2.
+
+    Returns:
+        The mean held-out ENCE, or None with fewer images than `folds`.
+    """
+    if folds < 2:
+        raise ValueError(f"held-out ENCE needs at least 2 folds, got {folds}")
+    if len(stds) != len(errors):
+        raise ValueError(f"{len(stds)} std maps but {len(errors)} error maps")
+    if len(stds) < folds:
+        return None
+    scores = []
+    for k in range(folds):
+        fit_idx = [i for i in range(len(stds)) if i % folds != k]
+        test_idx = [i for i in range(len(stds)) if i % folds == k]
+        calib = fit(np.concatenate([np.ravel(stds[i]) for i in fit_idx]),
+                    np.concatenate([np.ravel(errors[i]) for i in fit_idx]), n_bins, kind)
+        std = np.concatenate([np.ravel(stds[i]) for i in test_idx])
+        err = np.concatenate([np.ravel(errors[i]) for i in test_idx])
+        scores.append(ence(calibration_curve(calib.apply(std), err, n_bins)))
+    return float(np.mean(scores))
 
 
 def plot_calibration(curves: dict[str, CalibrationCurve], path: str | Path,

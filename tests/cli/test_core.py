@@ -48,6 +48,7 @@ def test_train_predict_calibrate(tmp_path, paper_dataset, config_file):
     assert "ENCE" in r.output and (model / "calibration.png").exists()
     stored = json.loads((model / "model.json").read_text())["calibration"]
     assert "monotone through" in r.output and len(stored["knots"]) >= 2  # the default
+    assert "on images held out of the fit (2-fold)" in r.output  # val holds 2 pairs
     r = runner.invoke(app, ["calibrate", str(model), str(paper_dataset / "val"), "--n-samples",
                             "3", "--bins", "8", "--calibrator", "linear"])
     assert r.exit_code == 0 and "monotone" not in r.output, r.output

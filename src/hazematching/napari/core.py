@@ -31,9 +31,9 @@ from hazematching.config import AXES_ALLOWED, SAMPLING_PRESETS, ModelConfig, pre
 from hazematching.data.pairs import PairedImages, load_pairs, resolve_split_dirs
 from hazematching.io import check_axes, to_planes
 
-#: Sampling presets offered: the library's named ones (``config.SAMPLING_PRESETS``: "fast", the
-#: default configuration, and "paper", the published inference) and "model", the sampling
-#: settings saved with the model.
+#: Sampling presets offered: the library's named ones (``config.SAMPLING_PRESETS``: the default
+#: configuration, "fast", "balanced", and "paper", the published inference) and "model", the
+#: sampling settings saved with the model.
 PRESET_CHOICES = (*SAMPLING_PRESETS, "model")
 #: Axes a layer may be given in the widgets; "auto" = YX for 2-D, ZYX for 3-D layers.
 AXES_CHOICES = ("auto", *AXES_ALLOWED)

@@ -148,9 +148,12 @@ class PredictWidget(_TaskWidget):
                                  tooltip="Posterior samples per pixel; 0 = the preset's number "
                                          f"({_preset_samples()}).")
         self.preset = ComboBox(label="preset", choices=PRESET_CHOICES, value="fast",
-                               tooltip="fast: the default sampler (few ODE steps and "
-                                       "samples); paper: the published inference; model: the "
-                                       "sampling settings saved with the model.")
+                               tooltip="fast: 8 antithetic samples × 6 Euler steps (about "
+                                       "60× less work than the published inference; a less "
+                                       "well calibrated std); balanced: 16 × 4 (about 46×); "
+                                       "default: the published sampler on 256-px tiles; "
+                                       "paper: the published inference; model: the sampling "
+                                       "settings saved with the model.")
         self.device = ComboBox(label="device", choices=available_devices())
         self.keep_samples = CheckBox(text="add the samples as a stack", value=False)
         super().__init__(viewer, [self.model_path, self.image, self.axes, self.n_samples,
