@@ -173,6 +173,16 @@ def test_heldout_ence_scores_each_fold_with_the_others_fit():
     in_sample = ence(calibration_curve(fit(std, err, 30).apply(std), err, 30))
     assert heldout_ence(stds, errs, 30) > 1.5 * in_sample
     assert heldout_ence(stds[:1], errs[:1]) is None  # one image: nothing to hold out
+    # maps 0, 1 are planes of image 7 and maps 2, 3 of image 9: each image stays in one fold
+    calib = [fit(np.concatenate(stds[a:a + 2]), np.concatenate(errs[a:a + 2]), 30)
+             for a in (0, 2)]
+    planes = np.mean([ence(calibration_curve(calib[1 - j].apply(np.concatenate(stds[a:a + 2])),
+                                             np.concatenate(errs[a:a + 2]), 30))
+                      for j, a in enumerate((0, 2))])
+    assert heldout_ence(stds, errs, 30, images=[7, 7, 9, 9]) == pytest.approx(planes, rel=1e-12)
+    assert heldout_ence(stds, errs, images=[7, 7, 7, 7]) is None  # all planes of one image
+    with pytest.raises(ValueError, match="4 std maps but 2 image indices"):
+        heldout_ence(stds, errs, images=[0, 1])
     with pytest.raises(ValueError, match="at least 2 folds"):
         heldout_ence(stds, errs, folds=1)
     with pytest.raises(ValueError, match="4 std maps but 3 error maps"):

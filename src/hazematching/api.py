@@ -836,8 +836,9 @@ class Model:
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, t in enumerate(pairs.targets):
             by_shape.setdefault(t.shape[1:], []).append(i)
-        stds, errs = [], []
+        stds, errs, owner = [], [], []  # per plane: std, error, index of its image
         for idx in by_shape.values():
+            owner.extend(i for i in idx for _ in range(pairs.targets[i].shape[0]))
             x = np.concatenate([pairs.inputs[i] for i in idx])
             t = np.concatenate([pairs.targets[i] for i in idx])
             res = predict_planes(self.method, norm.normalize_input(x), self.config.sampling,
@@ -856,7 +857,7 @@ class Model:
         if save and self.path is not None:
             self.save(self.path)
         return CalibrationReport(fitted, cal.ence(before), cal.ence(after), before, after,
-                                 cal.heldout_ence(stds, errs, n_bins, kind))
+                                 cal.heldout_ence(stds, errs, n_bins, kind, images=owner))
 
     # ----------------------------------------------------------------- storage
     def save(self, path: str | Path) -> Path:

@@ -240,7 +240,8 @@ def fit(std: np.ndarray, error: np.ndarray, n_bins: int = 50,
 
 
 def heldout_ence(stds: Sequence[np.ndarray], errors: Sequence[np.ndarray], n_bins: int = 50,
-                 kind: CalibrationKind = "monotone", folds: int = 2) -> float | None:
+                 kind: CalibrationKind = "monotone", folds: int = 2,
+                 images: Sequence[int] | None = None) -> float | None:
     """ENCE of a calibration on images it was not fitted on: the images are dealt into `folds`
     groups (image i to group i mod `folds`), each group is scored with the calibration fitted on
     the others, and the groups' ENCEs are averaged. The in-sample ENCE of a fit flatters it
@@ -248,10 +249,12 @@ def heldout_ence(stds: Sequence[np.ndarray], errors: Sequence[np.ndarray], n_bin
     image sees.
 
     Args:
-        stds, errors: per image, the raw std and the error of the MMSE (any shape, same per
-            image), in the same units.
+        stds, errors: per map (an image, or one plane of a stack), the raw std and the error
+            of the MMSE (any shape, same per map), in the same units.
         n_bins, kind: as for :func:`fit`.
         folds: number of groups, at least 2.
+        images: per map, the index of the image it comes from (default: each map its own), so
+            that the planes of one stack, whose errors are alike, stay in one group.
 
     Returns:
         The mean held-out ENCE, or None with fewer images than `folds`.
@@ -260,12 +263,17 @@ def heldout_ence(stds: Sequence[np.ndarray], errors: Sequence[np.ndarray], n_bin
         raise ValueError(f"held-out ENCE needs at least 2 folds, got {folds}")
     if len(stds) != len(errors):
         raise ValueError(f"{len(stds)} std maps but {len(errors)} error maps")
-    if len(stds) < folds:
+    owner = list(range(len(stds))) if images is None else [int(i) for i in images]
+    if len(owner) != len(stds):
+        raise ValueError(f"{len(stds)} std maps but {len(owner)} image indices")
+    # image i → group (rank of i among the distinct images) mod folds
+    group = {img: r % folds for r, img in enumerate(sorted(set(owner)))}
+    if len(group) < folds:
         return None
     scores = []
     for k in range(folds):
-        fit_idx = [i for i in range(len(stds)) if i % folds != k]
-        test_idx = [i for i in range(len(stds)) if i % folds == k]
+        fit_idx = [i for i, img in enumerate(owner) if group[img] != k]
+        test_idx = [i for i, img in enumerate(owner) if group[img] == k]
         calib = fit(np.concatenate([np.ravel(stds[i]) for i in fit_idx]),
                     np.concatenate([np.ravel(errors[i]) for i in fit_idx]), n_bins, kind)
         std = np.concatenate([np.ravel(stds[i]) for i in test_idx])
