@@ -243,7 +243,7 @@ def heldout_ence(stds: Sequence[np.ndarray], errors: Sequence[np.ndarray], n_bin
                  kind: CalibrationKind = "monotone", folds: int = 2,
                  images: Sequence[int] | None = None) -> float | None:
     """ENCE of a calibration on images it was not fitted on: the images are dealt into `folds`
-    groups (image i to group i mod `folds`), each group is scored with the calibration fitted on
+    groups (the k-th image to group k mod `folds`), each group is scored with the calibration fitted on
     the others, and the groups' ENCEs are averaged. The in-sample ENCE of a fit flatters it
     (a monotone curve through the bins it is scored on is ≈ 0); this one estimates what a new
     image sees.
@@ -266,7 +266,6 @@ def heldout_ence(stds: Sequence[np.ndarray], errors: Sequence[np.ndarray], n_bin
     owner = list(range(len(stds))) if images is None else [int(i) for i in images]
     if len(owner) != len(stds):
         raise ValueError(f"{len(stds)} std maps but {len(owner)} image indices")
-    # image i → group (rank of i among the distinct images) mod folds
     group = {img: r % folds for r, img in enumerate(sorted(set(owner)))}
     if len(group) < folds:
         return None
