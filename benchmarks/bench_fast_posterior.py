@@ -71,6 +71,7 @@ PAPER = SAMPLING_PRESETS["paper"]
 FAST = SAMPLING_PRESETS["fast"]
 DEFAULT = SAMPLING_PRESETS["default"]
 ANTI6 = {"antithetic": True, "n_time_points": 7, "schedule": "late"}
+ANTI4 = {"antithetic": True, "n_time_points": 5, "schedule": "late"}
 
 
 def t0_lever(n_samples: int, steps: int) -> dict:
@@ -94,14 +95,11 @@ LEVERS: dict[str, dict] = {
                                               "schedule": "late"},
     "K=8 antithetic, Euler 6 late, std about t0": {"n_samples": 8, **ANTI6, "std": "t0"},
     "K=12 antithetic, Euler 6 late, std about t0": {"n_samples": 12, **ANTI6, "std": "t0"},
-    "K=16 antithetic, Euler 4 late, std about t0": {
-        "n_samples": 16, "antithetic": True, "n_time_points": 5, "schedule": "late",
-        "std": "t0"},
+    "K=16 antithetic, Euler 4 late, std about t0": {"n_samples": 16, **ANTI4, "std": "t0"},
     "K=8 antithetic, Euler 6 late, std smoothed 1 px": {"n_samples": 8, **ANTI6,
                                                         "std_smoothing": 1.0},
     "K=16 antithetic, Euler 4 late, std about t0, smoothed": {
-        "n_samples": 16, "antithetic": True, "n_time_points": 5, "schedule": "late",
-        "std": "t0", "std_smoothing": 1.0},
+        "n_samples": 16, **ANTI4, "std": "t0", "std_smoothing": 1.0},
     "K=8 antithetic, Euler 6 late, std smoothed 2 px": {"n_samples": 8, **ANTI6,
                                                         "std_smoothing": 2.0},
     "K=16 antithetic, Euler 6 late, std smoothed 1 px": {"n_samples": 16, **ANTI6,
@@ -111,8 +109,7 @@ LEVERS: dict[str, dict] = {
         "std_smoothing": 1.0},
     "K=12 antithetic, Euler 6 late": {"n_samples": 12, **ANTI6},
     "K=16 antithetic, Euler 6 late": {"n_samples": 16, **ANTI6},
-    "K=16 antithetic, Euler 4 late": {"n_samples": 16, "antithetic": True, "n_time_points": 5,
-                                      "schedule": "late"},
+    "K=16 antithetic, Euler 4 late": {"n_samples": 16, **ANTI4},
     "K=50, Euler 6 late": {"n_time_points": 7, "schedule": "late"},
     "K=8, Euler 6 late, t0 mean and std about it": t0_lever(8, 6),
     "K=12, Euler 6 late, t0 mean and std about it": t0_lever(12, 6),

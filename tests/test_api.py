@@ -69,6 +69,8 @@ def test_calibrate_stores_factors(model, tmp_path):
     d = tmp_path / "m"
     shutil.copytree(model.path, d, ignore=shutil.ignore_patterns("checkpoints", "logs"))
     m = load_model(d)
+    with pytest.raises(ValueError, match="calibration kind must be 'linear' or 'monotone'"):
+        m.calibrate(make_pairs(2, seed=7), kind="isotonic")  # refused before any prediction
     rep = m.calibrate(make_pairs(2, seed=7), n_samples=4, n_bins=10, plot=tmp_path / "c.png")
     assert rep.calibration.a > 0 and rep.ence_after <= rep.ence_before + 1e-9
     # two pairs: each scored by the calibration fitted on the other

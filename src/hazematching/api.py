@@ -826,6 +826,8 @@ class Model:
                              f"uncertainty to calibrate")
         norm = self._require_trained()
         check_device(device)
+        kind = kind or self.config.training.calibrator
+        cal.check_kind(kind)  # before the predictions, not after them
         S = self.n_samples_for(n_samples)
         if S < 2:
             raise ValueError(f"calibration needs the spread of at least 2 posterior samples per "
@@ -847,7 +849,6 @@ class Model:
             errs.extend(res.mean - norm.normalize_target(t))
         std = np.concatenate([s.ravel() for s in stds])
         err = np.concatenate([e.ravel() for e in errs])
-        kind = kind or self.config.training.calibrator
         before = cal.calibration_curve(std, err, n_bins)
         fitted = cal.fit(std, err, n_bins, kind, fitted_for=self.config.sampling.estimator(S))
         after = cal.calibration_curve(fitted.apply(std), err, n_bins)

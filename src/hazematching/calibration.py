@@ -225,14 +225,19 @@ def ence(curve: CalibrationCurve) -> float:
 MONOTONE_FIT_BINS = 20
 
 
+def check_kind(kind: str, name: str = "calibration kind") -> None:
+    """Refuse a calibration kind other than 'linear' or 'monotone', calling it `name`."""
+    if kind not in get_args(CalibrationKind):
+        raise ValueError(f"{name} must be 'linear' or 'monotone', got {kind!r}")
+
+
 def fit(std: np.ndarray, error: np.ndarray, n_bins: int = 50,
         kind: CalibrationKind = "monotone",
         fitted_for: dict[str, Any] | None = None) -> Calibration:
     """Fit a :class:`Calibration` from validation std and error arrays (same shape): the line
     through `n_bins` equal-width bins always (its a, b), and for 'monotone' the knots of the
     increasing curve through min(`n_bins`, :data:`MONOTONE_FIT_BINS`) bins."""
-    if kind not in get_args(CalibrationKind):
-        raise ValueError(f"calibration kind must be 'linear' or 'monotone', got {kind!r}")
+    check_kind(kind)
     a, b = fit_calibration(calibration_curve(std, error, n_bins))
     knots = (fit_monotone(calibration_curve(std, error, min(n_bins, MONOTONE_FIT_BINS)), a)
              if kind == "monotone" else ())
@@ -243,8 +248,8 @@ def heldout_ence(stds: Sequence[np.ndarray], errors: Sequence[np.ndarray], n_bin
                  kind: CalibrationKind = "monotone", folds: int = 2,
                  images: Sequence[int] | None = None) -> float | None:
     """ENCE of a calibration on images it was not fitted on: the images are dealt into `folds`
-    groups (the k-th image to group k mod `folds`), each group is scored with the calibration fitted on
-    the others, and the groups' ENCEs are averaged. The in-sample ENCE of a fit flatters it
+    groups (the k-th image to group k mod `folds`), each group is scored with the calibration
+    fitted on the others, and the groups' ENCEs are averaged. The in-sample ENCE of a fit flatters it
     (a monotone curve through the bins it is scored on is ≈ 0); this one estimates what a new
     image sees.
 
@@ -269,14 +274,16 @@ def heldout_ence(stds: Sequence[np.ndarray], errors: Sequence[np.ndarray], n_bin
     group = {img: r % folds for r, img in enumerate(sorted(set(owner)))}
     if len(group) < folds:
         return None
+    def pooled(held_out: bool, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(std, error) of every map in group k (held_out) or outside it, flattened."""
+        idx = [i for i, img in enumerate(owner) if (group[img] == k) == held_out]
+        return (np.concatenate([np.ravel(stds[i]) for i in idx]),
+                np.concatenate([np.ravel(errors[i]) for i in idx]))
+
     scores = []
     for k in range(folds):
-        fit_idx = [i for i, img in enumerate(owner) if group[img] != k]
-        test_idx = [i for i, img in enumerate(owner) if group[img] == k]
-        calib = fit(np.concatenate([np.ravel(stds[i]) for i in fit_idx]),
-                    np.concatenate([np.ravel(errors[i]) for i in fit_idx]), n_bins, kind)
-        std = np.concatenate([np.ravel(stds[i]) for i in test_idx])
-        err = np.concatenate([np.ravel(errors[i]) for i in test_idx])
+        calib = fit(*pooled(False, k), n_bins, kind)
+        std, err = pooled(True, k)
         scores.append(ence(calibration_curve(calib.apply(std), err, n_bins)))
     return float(np.mean(scores))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import glob
 import warnings
 from pathlib import Path
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any
 
 import typer
 import yaml
@@ -283,15 +283,15 @@ def calibrate(
 ) -> None:
     """Fit the std calibration (RMSE vs RMV) on validation pairs and store it."""
     from hazematching.api import check_device, check_n_samples, load_model
-    from hazematching.calibration import CalibrationKind
+    from hazematching.calibration import check_kind
 
     try:
         check_device(device)
         check_n_samples(n_samples)
         if bins < 1:
             raise ValueError(f"--bins must be at least 1, got {bins}")
-        if calibrator is not None and calibrator not in get_args(CalibrationKind):
-            raise ValueError(f"--calibrator must be 'linear' or 'monotone', got {calibrator!r}")
+        if calibrator is not None:
+            check_kind(calibrator, "--calibrator")
         m = load_model(model)
         if m.path is None:
             raise ValueError(f"{model}: calibrate a model directory, not an archive")
