@@ -59,7 +59,7 @@ def test_yaml_errors_name_file(tmp_path):
 
 def test_overrides():
     c = ModelConfig().with_overrides({"training.epochs": 3, "sampling.solver": None})
-    assert c.training.epochs == 3 and c.sampling.solver == "euler"
+    assert c.training.epochs == 3 and c.sampling.solver == "midpoint"  # None: left as it was
     with pytest.raises(ValueError, match="unknown config field 'training.epoch'"):
         ModelConfig().with_overrides({"training.epoch": 3})
     with pytest.raises(ConfigError, match="method_options"):

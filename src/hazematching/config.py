@@ -210,19 +210,25 @@ class TrainingConfig(_Strict):
 class SamplingConfig(_Strict):
     """Posterior sampling and tiled prediction.
 
-    The defaults (``SAMPLING_PRESETS["default"]``) keep the published sampler (50 samples,
-    19 Euler steps, MMSE and std from the samples), the only setting that passed every quality
-    gate against the published inference (``SAMPLING_PRESETS["paper"]``), on fewer, larger
-    tiles cut from one noise field per image. ``SAMPLING_PRESETS["fast"]`` (8 antithetic
+    The defaults (``SAMPLING_PRESETS["default"]``) keep the published sampler's 50 samples,
+    MMSE and std from the samples, but integrate the ODE with the midpoint rule on 10 time
+    points (9 steps, 18 network calls against the published 19 Euler calls): on real-structure
+    pairs a briefly trained model's Euler samples carried 0.64 of the target's fine texture and
+    its midpoint samples 0.87, with the same MMSE; on a well-trained model both are within 1 %
+    of the target's (README, Configuration). ``SAMPLING_PRESETS["paper"]`` is the published
+    inference (19 Euler steps on 128/64 tiles), ``SAMPLING_PRESETS["fast"]`` (8 antithetic
     samples, 6 Euler steps) keeps the MMSE and the samples' texture but gives a less well
     calibrated std; ``SAMPLING_PRESETS["balanced"]`` (16 antithetic samples, 4 Euler steps)
     ranks its std as well as the published sampler, with an ENCE gap within the measurement's
     noise. See the README's *Speed* section for the measurements.
     """
 
-    solver: Literal["euler", "heun", "midpoint"] = "euler"
-    n_time_points: int = Field(20, ge=2, description="Time points of the ODE grid (paper: 20, "
-                               "i.e. 19 Euler steps).")
+    solver: Literal["euler", "heun", "midpoint"] = Field(
+        "midpoint", description="ODE solver: 'euler' (the paper's; 1 call per step), "
+        "'midpoint' (2 calls per step, never evaluates t = 1) or 'heun' (2 calls per step).")
+    n_time_points: int = Field(10, ge=2, description="Time points of the ODE grid: 10 with "
+                               "'midpoint' = 9 steps, 18 calls (the paper: 20 points, 19 "
+                               "Euler steps).")
     schedule: Literal["uniform", "late"] = Field(
         "uniform", description="Time grid: 'uniform' (the paper) or 'late' (denser near t = 1).")
     n_samples: int = Field(50, ge=1, description="Posterior samples per pixel (paper: 50).")
@@ -273,7 +279,7 @@ class SamplingConfig(_Strict):
 #: inference (its tiles keep the central 64 px of each 128-px tile; here the 64-px overlap is
 #: blended with a ramp instead, which covers every pixel from the same tiles).
 SAMPLING_PRESETS: dict[str, dict[str, Any]] = {
-    "default": {"solver": "euler", "n_time_points": 20, "schedule": "uniform", "n_samples": 50,
+    "default": {"solver": "midpoint", "n_time_points": 10, "schedule": "uniform", "n_samples": 50,
                 "antithetic": False, "mmse": "samples", "std": "samples", "std_smoothing": 0.0,
                 "tile_size": 256, "tile_overlap": 32},
     "fast": {"solver": "euler", "n_time_points": 7, "schedule": "late", "n_samples": 8,

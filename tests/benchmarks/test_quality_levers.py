@@ -1,0 +1,58 @@
+"""benchmarks/bench_quality_levers.py on tiny trained models and real files."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+from helpers import make_pairs, write_paper_layout
+
+from hazematching.api import Model
+from hazematching.config import ModelConfig
+
+SCRIPT = Path(__file__).parents[2] / "benchmarks" / "bench_quality_levers.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("bench_quality_levers", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_levers_table_for_a_flow_and_a_regression(tmp_path):
+    from conftest import TINY
+
+    bench = load_script()
+    dirs = {}
+    for method in ("hazematching", "regression"):
+        cfg = ModelConfig.from_dict({**TINY, "method": method}).with_overrides(
+            {"training.calibrate": False, "training.epochs": 1})
+        dirs[method] = tmp_path / method
+        Model(cfg).fit(make_pairs(3), make_pairs(2, seed=5), out_dir=dirs[method])
+    test = write_paper_layout(tmp_path / "test", make_pairs(2, seed=7))
+    out = tmp_path / "rows.json"
+    bench.main(["--test", str(test), "--model", str(dirs["hazematching"]), "--model",
+                str(dirs["regression"]), "--sampler", "euler:2", "--sampler", "midpoint:3",
+                "--samples", "4", "--out", str(out)])
+    rows = json.loads(out.read_text())
+    assert [(Path(r["model"]).name, r["sampler"]) for r in rows] == [
+        ("hazematching", "euler:2"), ("hazematching", "midpoint:3"), ("regression", "—")]
+    one_step, midpoint, regression = rows
+    # One Euler step from x0 ends at x0 + v(0, x0, y): the samples are the one-call estimates.
+    assert one_step["mmse"] == one_step["mmse_t0"]
+    assert midpoint["mmse_t0"] == one_step["mmse_t0"]  # same noise, same first call
+    for r in (one_step, midpoint):
+        assert r["images"] == 2 and all(math.isfinite(r[k]) for k in
+                                        ("mmse", "sample", "sample_hf"))
+        assert r["sample_hf"] > 0
+    assert set(regression) == {"model", "sampler", "images", "mmse", "seconds"}
+
+
+def test_levers_refuse_bad_arguments(tmp_path):
+    bench = load_script()
+    with pytest.raises(SystemExit):
+        bench.main(["--test", str(tmp_path), "--model", str(tmp_path), "--samples", "3"])
+    with pytest.raises(ValueError, match="solver"):
+        bench.main(["--test", str(tmp_path), "--model", str(tmp_path), "--sampler", "rk4:5"])
