@@ -15,7 +15,8 @@ uncertainty scores — that benchmark gives those for the chosen settings.
 
 Usage:
     python benchmarks/bench_quality_levers.py --test runs/qr/data/test \\
-        --model runs/levers/default --model runs/levers/t0_0.25 --model runs/qr/bench/models/U-Net \\
+        --model runs/levers/default --model runs/levers/t0_0.25 \\
+        --model runs/qr/bench/models/U-Net \\
         --sampler euler:20 --sampler midpoint:10 --samples 8
 """
 
@@ -55,6 +56,7 @@ def score(model_dir: Path, test: Path, samplers: list[str], k: int, n_images: in
     count = len(pairs) if n_images is None else min(n_images, len(pairs))
     rows = []
     for spec in samplers if method.stochastic else ["—"]:
+        settings = sampler(spec) if method.stochastic else None
         started, scores = time.perf_counter(), {}
         for i in range(count):
             cond = torch.from_numpy(norm.normalize_input(pairs.inputs[i])).float()[:1]
@@ -71,7 +73,7 @@ def score(model_dir: Path, test: Path, samplers: list[str], k: int, n_images: in
                 for j in range(0, k, BATCH):
                     n = noise[j:j + BATCH]
                     end, estimate = method.posterior_batch(
-                        cond.expand(len(n), -1, -1, -1), n, sampler(spec))
+                        cond.expand(len(n), -1, -1, -1), n, settings)
                     ends.append(end.numpy()[:, 0])
                     first.append(estimate.numpy()[:, 0])
             ends, first = np.concatenate(ends), np.concatenate(first)

@@ -151,7 +151,8 @@ class PredictWidget(_TaskWidget):
                                tooltip="fast: 8 antithetic samples × 6 Euler steps (about "
                                        "60× less work than the published inference; a less "
                                        "well calibrated std); balanced: 16 × 4 (about 46×); "
-                                       "default: 50 samples, midpoint rule with 18 calls, 256-px tiles; "
+                                       "default: 50 samples, midpoint rule with 18 calls, "
+                                       "256-px tiles; "
                                        "paper: the published inference; model: the sampling "
                                        "settings saved with the model.")
         self.device = ComboBox(label="device", choices=available_devices())
