@@ -121,6 +121,14 @@ LEVERS: dict[str, dict] = {
     "fast preset + bf16": {**FAST, "precision": "bf16"},
     "balanced preset": SAMPLING_PRESETS["balanced"],
     "balanced preset + bf16": {**SAMPLING_PRESETS["balanced"], "precision": "bf16"},
+    "K=16 antithetic, midpoint 2 steps (4 calls)": {"n_samples": 16, "antithetic": True,
+                                                    "solver": "midpoint", "n_time_points": 3},
+    "K=16 antithetic, midpoint 2 steps late (4 calls)": {
+        "n_samples": 16, "antithetic": True, "solver": "midpoint", "n_time_points": 3,
+        "schedule": "late"},
+    # The CPU batch before it became a pixel budget (predict.CPU_BATCH_PIXELS): eight tiles.
+    "fast preset, batch 8": {**FAST, "batch_size": 8},
+    "balanced preset, batch 8": {**SAMPLING_PRESETS["balanced"], "batch_size": 8},
 }
 
 

@@ -35,9 +35,8 @@ from hazematching.config import SamplingConfig
 from hazematching.data.pairs import load_pairs
 from hazematching.metrics.fidelity import ri_psnr
 from hazematching.metrics.spectral import band_power_ratio
+from hazematching.predict import default_batch_size
 
-#: Posterior samples per network batch.
-BATCH = 8
 
 
 def sampler(spec: str) -> SamplingConfig:
@@ -70,8 +69,9 @@ def score(model_dir: Path, test: Path, samplers: list[str], k: int, n_images: in
                                    generator=torch.Generator().manual_seed(i))
                 noise = torch.cat([half, -half])
                 ends, first = [], []
-                for j in range(0, k, BATCH):
-                    n = noise[j:j + BATCH]
+                batch = default_batch_size(torch.device("cpu"), cond.shape[2] * cond.shape[3])
+                for j in range(0, k, batch):
+                    n = noise[j:j + batch]
                     end, estimate = method.posterior_batch(
                         cond.expand(len(n), -1, -1, -1), n, settings)
                     ends.append(end.numpy()[:, 0])

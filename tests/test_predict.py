@@ -2,13 +2,14 @@
 
 import numpy as np
 import pytest
+import torch
 
 from hazematching.config import ModelConfig
 from hazematching.data.tiling import TileGrid
 from hazematching.methods import build_method, register
 from hazematching.methods.base import Method
 from hazematching.noise_field import NoiseField
-from hazematching.predict import predict_planes
+from hazematching.predict import CPU_BATCH_PIXELS, default_batch_size, predict_planes
 
 
 def _method(name: str, **sampling):
@@ -321,3 +322,24 @@ def test_peak_memory_does_not_grow_with_the_image_height(tmp_path):
     image_bytes = 4096 * 256 * 4
     assert peaks[1] < 1.3 * peaks[0]
     assert peaks[1] < 0.5 * image_bytes  # a few bands of tile rows
+
+
+def test_cpu_batch_is_a_pixel_budget():
+    cpu = torch.device("cpu")
+    assert default_batch_size(cpu, 240 * 240) == 1      # one tile: bigger calls cost more
+    assert default_batch_size(cpu, 128 * 128) == CPU_BATCH_PIXELS // (128 * 128) == 4
+    assert default_batch_size(cpu, 600 * 600) == 1      # never less than one tile
+    assert default_batch_size(torch.device("cuda"), 240 * 240) == 64
+
+
+def test_open_batch_size_calls_the_network_with_the_pixel_budget():
+    m = _method("test-noisy", batch_size=None, tile_size=32, tile_overlap=8)
+    seen: list[int] = []
+    inner = m.predict_batch
+    m.predict_batch = lambda cond, gen=None: (seen.append(cond.shape[0]), inner(cond, gen))[1]
+    x = np.random.default_rng(0).normal(size=(1, 1, 200, 200)).astype(np.float32)
+    predict_planes(m, x, m.config.sampling, n_samples=8, device="cpu")
+    grid = TileGrid.make(200, 200, 32, 8, m.config.network.divisor)
+    per_call = CPU_BATCH_PIXELS // (grid.tile_h * grid.tile_w)
+    assert sum(seen) == grid.n_tiles * 8
+    assert max(seen) == per_call and all(b <= per_call for b in seen)

@@ -25,7 +25,7 @@ BMZ_BUNDLE: tuple[tuple[str, tuple[str, ...] | None], ...] = (
     ("hazematching.config", ("_Strict", "NetworkConfig")),
     ("hazematching.sampling", None),
     ("hazematching.noise_field", None),
-    ("hazematching.predict", ("TileMoments", "default_batch_size", "noise_tile",
+    ("hazematching.predict", ("TileMoments", "CPU_BATCH_PIXELS", "default_batch_size", "noise_tile",
                               "smooth_variance")),
     ("hazematching.nets.unet", None),
     ("hazematching.bmz.network", None),

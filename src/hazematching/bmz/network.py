@@ -111,7 +111,7 @@ class BMZNetwork(nn.Module):
         grid = self.grid.to(x.device, x.dtype)
         items = [(i, j) for i in range(b) for j in range(self.n_samples)]
         moments = [TileMoments((h, w), x.device, True) for _ in range(b)]
-        batch = self.batch_size or default_batch_size(x.device)
+        batch = self.batch_size or default_batch_size(x.device, h * w)
         for start in range(0, len(items), batch):
             chunk = items[start:start + batch]
             rows = torch.tensor([i for i, _ in chunk], device=x.device)

@@ -169,9 +169,10 @@ def predict(
     preset: Annotated[str | None, typer.Option(
         help="Named sampling settings: 'default' (50 samples, midpoint rule 9 steps "
              "= 18 calls, 256-px tiles), "
-             "'fast' (8 antithetic samples, 6 Euler steps: ~60x less work, a less well "
-             "calibrated std), 'balanced' (16 antithetic samples, 4 Euler steps: ~46x less "
-             "work, a std ranked as well as the published one) or 'paper' (the published "
+             "'fast' (8 antithetic samples, 6 Euler steps: ~80x faster, a less well "
+             "calibrated std), 'balanced' (16 antithetic samples, 2 midpoint steps = 4 calls: "
+             "~60x faster, the published quality on a well-trained model) or 'paper' (the "
+             "published "
              "inference: 50 samples, 19 Euler "
              "steps, 128-px tiles keeping 64); the options below override it.")] = None,
     solver: Annotated[str | None, typer.Option(help="euler, heun or midpoint.")] = None,
