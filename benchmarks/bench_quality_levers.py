@@ -38,7 +38,6 @@ from hazematching.metrics.spectral import band_power_ratio
 from hazematching.predict import default_batch_size
 
 
-
 def sampler(spec: str) -> SamplingConfig:
     """'solver:points[:schedule]', e.g. 'euler:20' or 'midpoint:10:late'."""
     solver, points, *schedule = spec.split(":")
