@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import io
 import subprocess
 import threading
@@ -21,6 +22,17 @@ from hazematching.data import datasets
 from hazematching.data.datasets import DatasetPreset, SplitFolders
 from hazematching.data.pairs import PairedImages
 from hazematching.io import write_tiff
+
+#: The repository's benchmark scripts (not a package: loaded by path).
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str) -> object:
+    """Import ``benchmarks/<name>.py`` as a module, e.g. ``load_benchmark("bench_cpu_batch")``."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @contextlib.contextmanager

@@ -1,25 +1,21 @@
 """benchmarks/bench_cpu_batch.py: case parsing, and interleaved timings of a real tiny network."""
 
 import argparse
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import BENCHMARKS, load_benchmark
 
 from hazematching.config import ModelConfig
 from hazematching.methods.hazematching import HazeMatching
 
-SCRIPT = Path(__file__).parents[2] / "benchmarks" / "bench_cpu_batch.py"
+SCRIPT = BENCHMARKS / "bench_cpu_batch.py"
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("bench_cpu_batch", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_cpu_batch")
 
 
 def test_cases_parse_and_bad_ones_say_what_was_expected():

@@ -1,24 +1,18 @@
 """benchmarks/bench_quality_levers.py on tiny trained models and real files."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
-from helpers import make_pairs, write_paper_layout
+from helpers import load_benchmark, make_pairs, write_paper_layout
 
 from hazematching.api import Model
 from hazematching.config import ModelConfig
 
-SCRIPT = Path(__file__).parents[2] / "benchmarks" / "bench_quality_levers.py"
-
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("bench_quality_levers", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_quality_levers")
 
 
 def test_levers_table_for_a_flow_and_a_regression(tmp_path):
