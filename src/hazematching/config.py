@@ -219,7 +219,7 @@ class SamplingConfig(_Strict):
     inference (19 Euler steps on 128/64 tiles), ``SAMPLING_PRESETS["fast"]`` (8 antithetic
     samples, 6 Euler steps) keeps the MMSE and the samples' texture but gives a less well
     calibrated std; ``SAMPLING_PRESETS["balanced"]`` (16 antithetic samples, 2 midpoint
-    steps = 4 calls, about 60× faster than the published inference on a CPU) passes the whole
+    steps = 4 calls, 51–54× faster than the published inference on a CPU) passes the whole
     quality gate on a well-trained model, but a briefly trained model's few-step samples lose
     fine texture (0.49 of the target's against 0.71 with 19 Euler steps, on real structure).
     See the README's *Speed* section for the measurements.

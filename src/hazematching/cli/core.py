@@ -169,9 +169,9 @@ def predict(
     preset: Annotated[str | None, typer.Option(
         help="Named sampling settings: 'default' (50 samples, midpoint rule 9 steps "
              "= 18 calls, 256-px tiles), "
-             "'fast' (8 antithetic samples, 6 Euler steps: ~80x faster, a less well "
+             "'fast' (8 antithetic samples, 6 Euler steps: ~70-80x faster, a less well "
              "calibrated std), 'balanced' (16 antithetic samples, 2 midpoint steps = 4 calls: "
-             "~60x faster, the published quality on a well-trained model) or 'paper' (the "
+             "~50x faster, the published quality on a well-trained model) or 'paper' (the "
              "published "
              "inference: 50 samples, 19 Euler "
              "steps, 128-px tiles keeping 64); the options below override it.")] = None,

@@ -149,9 +149,9 @@ class PredictWidget(_TaskWidget):
                                          f"({_preset_samples()}).")
         self.preset = ComboBox(label="preset", choices=PRESET_CHOICES, value="fast",
                                tooltip="fast: 8 antithetic samples × 6 Euler steps (about "
-                                       "80× faster than the published inference; a less "
+                                       "70–80× faster than the published inference; a less "
                                        "well calibrated std); balanced: 16 × 2 midpoint "
-                                       "steps (about 60×); "
+                                       "steps (about 50×); "
                                        "default: 50 samples, midpoint rule with 18 calls, "
                                        "256-px tiles; "
                                        "paper: the published inference; model: the sampling "
