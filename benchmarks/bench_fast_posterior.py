@@ -26,6 +26,9 @@ On one trained model (trained here on simulated pairs, or loaded with --model):
 Usage:
     python benchmarks/bench_fast_posterior.py --work runs/fast_posterior          # all stages
     python benchmarks/bench_fast_posterior.py --work runs/fp --model models/hm --device cuda
+    hazematching distill runs/fp/model runs/fp/data/train_set --out runs/fp/distilled
+    python benchmarks/bench_fast_posterior.py --work runs/fp --distilled runs/fp/distilled \
+        --levers "distilled, K=16 antithetic" --time-levers "distilled, K=16 antithetic"
 
 Stages are cached in --work (data, model, reference and lever predictions), so a re-run only
 repeats the timing and the scoring. Results go to WORK/results.json and a Markdown table on stdout.
@@ -51,7 +54,7 @@ from hazematching.config import SAMPLING_PRESETS, ModelConfig, SamplingConfig
 from hazematching.data.pairs import load_pairs
 from hazematching.data.synthetic import simulate_pairs, write_pairs
 from hazematching.data.tiling import TileGrid
-from hazematching.methods.hazematching import HazeMatching
+from hazematching.methods.hazematching import HazeMatching, distilled_grid
 from hazematching.metrics.fidelity import ri_psnr
 from hazematching.metrics.spectral import band_power_ratio
 from hazematching.predict import predict_planes, resolve_device
@@ -72,6 +75,7 @@ FAST = SAMPLING_PRESETS["fast"]
 DEFAULT = SAMPLING_PRESETS["default"]
 ANTI6 = {"antithetic": True, "n_time_points": 7, "schedule": "late"}
 ANTI4 = {"antithetic": True, "n_time_points": 5, "schedule": "late"}
+DEFAULT_TILES = {"tile_size": DEFAULT["tile_size"], "tile_overlap": DEFAULT["tile_overlap"]}
 
 
 def t0_lever(n_samples: int, steps: int) -> dict:
@@ -129,7 +133,25 @@ LEVERS: dict[str, dict] = {
     # The CPU batch before it became a pixel budget (predict.CPU_BATCH_PIXELS): eight tiles.
     "fast preset, batch 8": {**FAST, "batch_size": 8},
     "balanced preset, batch 8": {**SAMPLING_PRESETS["balanced"], "batch_size": 8},
+    # On the model given with --distilled (`hazematching distill` of the benchmark's model),
+    # sampled on its own grid: K samples of `distilled_steps` Euler calls, default tiles.
+    "distilled, K=8 antithetic": {"distilled": True, "n_samples": 8, "antithetic": True,
+                                  **DEFAULT_TILES},
+    "distilled, K=16 antithetic": {"distilled": True, "n_samples": 16, "antithetic": True,
+                                   **DEFAULT_TILES},
+    "distilled, K=50": {"distilled": True, "n_samples": 50, **DEFAULT_TILES},
 }
+
+
+def for_lever(model: Model, distilled: Model | None, overrides: dict) -> tuple[Model, dict]:
+    """The model a lever runs on and its sampling overrides: a lever marked "distilled" runs
+    on the --distilled model, on the grid it was distilled for; the others on `model`."""
+    if not overrides.get("distilled"):
+        return model, overrides
+    if distilled is None:
+        raise SystemExit("a 'distilled, …' lever needs --distilled MODEL")
+    grid = distilled_grid(distilled.method.options.distilled_steps)
+    return distilled, {**{k: v for k, v in overrides.items() if k != "distilled"}, **grid}
 
 
 # ----------------------------------------------------------------------------- published
@@ -236,11 +258,12 @@ def load_outputs(path: Path) -> tuple[Outputs, Outputs]:
 
 
 def cached_lever(work: Path, model: Model, overrides: dict, val_x: list, test_x: list,
-                 device) -> tuple[Outputs, Outputs]:
+                 device, tag: str = "") -> tuple[Outputs, Outputs]:
     """A lever's outputs on both sets, cached in WORK/levers under a digest of its full
-    sampling settings, so a re-run (e.g. with another calibrator) only re-scores."""
+    sampling settings (and `tag`, naming a model other than the benchmark's), so a re-run
+    (e.g. with another calibrator) only re-scores."""
     cfg = lever_config(model, overrides)
-    key = hashlib.sha1(cfg.model_dump_json().encode()).hexdigest()[:16]
+    key = hashlib.sha1((cfg.model_dump_json() + tag).encode()).hexdigest()[:16]
     path = work / "levers" / f"{key}.npz"
     if path.exists():
         return load_outputs(path)
@@ -402,6 +425,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, required=True, help="cache and results folder")
     ap.add_argument("--model", type=Path, help="a trained model (default: train one)")
+    ap.add_argument("--distilled", type=Path, help="a distillation of that model (hazematching "
+                    "distill), for the 'distilled, …' levers")
     ap.add_argument("--train-minutes", type=float, default=10.0)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a dotted config override for the trained model, e.g. "
@@ -413,7 +438,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--levers", default="cheap",
                     help="semicolon-separated lever names, 'all', or 'cheap' (all but the paper "
-                         "preset, which costs as much as the reference)")
+                         "preset, which costs as much as the reference; the 'distilled, …' "
+                         "levers only with --distilled)")
     ap.add_argument("--time-levers", default="default;fast preset",
                     help="levers to time on the --size² image (semicolon-separated, or 'all')")
     ap.add_argument("--no-timing", action="store_true")
@@ -427,8 +453,13 @@ def main() -> None:
     dev = resolve_device(args.device)
     model, val_x, val_t, test_x, test_t = prepare(work, args)
     method = model.method.to(dev).eval()
+    distilled = load_model(args.distilled) if args.distilled else None
+    if distilled is not None:
+        distilled.method.to(dev).eval()
+    tag = f"distilled:{args.distilled.resolve()}" if args.distilled else ""
     if args.levers in ("all", "cheap"):
-        levers = {k: v for k, v in LEVERS.items() if args.levers == "all" or v != {}}
+        levers = {k: v for k, v in LEVERS.items() if (args.levers == "all" or v != {})
+                  and (distilled is not None or not v.get("distilled"))}
     else:
         levers = {k: LEVERS[k] for k in args.levers.split(";")}
     print(f"device {dev}, torch threads {torch.get_num_threads()}, "
@@ -448,7 +479,9 @@ def main() -> None:
     ref_q = results["reference"]
     ref_parts = ref_q.pop("_parts")
     for name, over in levers.items():
-        q = score(*cached_lever(work, model, over, val_x, test_x, dev), val_t, test_t)
+        m, o = for_lever(model, distilled, over)
+        q = score(*cached_lever(work, m, o, val_x, test_x, dev, tag if m is distilled else ""),
+                  val_t, test_t)
         q["ence_delta_90"] = ence_delta_interval(ref_parts, q.pop("_parts"))
         results["levers"][name] = {"overrides": over, **q, "gate": gate(q, ref_q)}
         print(f"  {name}: {json.dumps({k: v for k, v in q.items() if k != 'calibration'})}",
@@ -461,9 +494,10 @@ def main() -> None:
     pub_corners, _, _ = published_grid(size, size)
     pub_work = len(pub_corners) * 128 * 128 * 50 * 19
     for name, r in results["levers"].items():
-        cfg = lever_config(model, r["overrides"])
+        m, o = for_lever(model, distilled, r["overrides"])
+        cfg = lever_config(m, o)
         g = TileGrid.make(size, size, cfg.tile_size, cfg.tile_overlap,
-                          model.config.network.divisor)
+                          m.config.network.divisor)
         calls = network_calls(cfg.solver, cfg.n_time_points)
         r["work_ratio"] = pub_work / (g.tile_pixels * cfg.n_samples * calls)
     if not args.no_timing:
@@ -476,7 +510,8 @@ def main() -> None:
             s, n_items = time_published(model, image, dev, args.published_items)
             per_item.append(s)
             for name in timed:
-                lever_s[name].append(time_lever(model, image, LEVERS[name], dev))
+                m, over = for_lever(model, distilled, LEVERS[name])
+                lever_s[name].append(time_lever(m, image, over, dev))
         published_s = min(per_item) * n_items
         results["timing"] = {"size": size, "device": str(dev),
                              "threads": torch.get_num_threads(),

@@ -7,6 +7,7 @@ import hashlib
 import importlib.util
 import io
 import subprocess
+import sys
 import threading
 import zipfile
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -16,12 +17,46 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from torch import nn
 from torchcfm.models.unet.unet import UNetModel
 
 from hazematching.data import datasets
 from hazematching.data.datasets import DatasetPreset, SplitFolders
 from hazematching.data.pairs import PairedImages
 from hazematching.io import write_tiff
+
+#: s, the posterior std of :class:`GaussianPosteriorVelocity`.
+POSTERIOR_STD = 0.5
+
+
+class GaussianPosteriorVelocity(nn.Module):
+    """The exact flow-matching velocity v(t, [x, μ]) of a Gaussian posterior (μ: the condition
+    channel).
+
+    For x1 | y ~ N(μ(y), s²) and x0 ~ N(0, 1) on straight paths x_t = (1 − t)·x0 + t·x1, the
+    optimum is linear in x: with a = 1 − t, b = t and d = a² + b²s²,
+    v(t, x) = μ + (b·s² − a)/d · (x − b·μ). Its trajectories are x_t = t·μ + √d·x0 (the
+    marginal's std at t is √d), so its flow maps x0 to μ + s·x0 (:meth:`flow` gives the map
+    between any two times).
+    """
+
+    def forward(self, t, inp):
+        x, mu = inp[:, :1], inp[:, 1:2]
+        b = t.view(-1, 1, 1, 1).to(x.dtype)
+        a = 1 - b
+        s = POSTERIOR_STD
+        return mu + (b * s**2 - a) / (a**2 + b**2 * s**2) * (x - b * mu)
+
+    @staticmethod
+    def flow(x, mu, t0, t1):
+        """The exact solution at times `t1` (B,) of the state `x` (B, 1, H, W) at times `t0`."""
+        t0, t1 = (t.view(-1, 1, 1, 1) for t in (t0, t1))
+
+        def spread(t):
+            return torch.sqrt((1 - t) ** 2 + (t * POSTERIOR_STD) ** 2)
+
+        return t1 * mu + spread(t1) / spread(t0) * (x - t0 * mu)
+
 
 #: The repository's benchmark scripts (not a package: loaded by path).
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
@@ -31,6 +66,7 @@ def load_benchmark(name: str) -> object:
     """Import ``benchmarks/<name>.py`` as a module, e.g. ``load_benchmark("bench_cpu_batch")``."""
     spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while it is executed
     spec.loader.exec_module(module)
     return module
 

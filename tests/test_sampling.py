@@ -76,3 +76,20 @@ def test_midpoint_is_second_order_and_exact_for_constant_fields():
     out = get_solver("midpoint")(lambda t, x: v, x0.float().expand(2, 1, 3, 3), time_grid(3))
     assert torch.allclose(out, 1 + v, atol=1e-6)
     assert network_calls("midpoint", 4) == 6
+
+
+@pytest.mark.parametrize("name", ["euler", "heun", "midpoint"])
+def test_a_grid_per_row_integrates_each_row_over_its_own_interval(name):
+    # A time-dependent field, so that a row solved on the wrong interval would differ.
+    def field(t, x):
+        return torch.cos(3 * t).view(-1, 1, 1, 1) * x + t.view(-1, 1, 1, 1)
+
+    solver = get_solver(name)
+    x = torch.randn(3, 1, 4, 4)
+    starts, ends = torch.tensor([0.0, 0.25, 0.5]), torch.tensor([0.25, 0.5, 1.0])
+    frac = torch.linspace(0, 1, 4)
+    per_row = solver(field, x, starts[None] + frac[:, None] * (ends - starts)[None])
+    assert per_row.shape == x.shape
+    for i in range(3):
+        alone = solver(field, x[i:i + 1], starts[i] + frac * (ends[i] - starts[i]))
+        torch.testing.assert_close(per_row[i:i + 1], alone, atol=1e-6, rtol=0)

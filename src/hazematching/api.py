@@ -181,7 +181,8 @@ class Model:
     def fit(self, train: str | Path | PairedImages | None = None,
             val: str | Path | PairedImages | None = None, *, out_dir: str | Path,
             resume: bool = True, overwrite: bool = False,
-            callbacks: list[Callback] | None = None) -> Model:
+            callbacks: list[Callback] | None = None,
+            keep_normalization: bool = False) -> Model:
         """Train on paired images and save the model directory to `out_dir`.
 
         Args:
@@ -198,6 +199,10 @@ class Model:
                 ``trainer.should_stop`` to end the training early: Lightning then validates,
                 writes ``best.ckpt``/``last.ckpt`` (a run resumes from there) and the model is
                 saved as after a full run. Ignored by methods that are not trained.
+            keep_normalization: train on with the model's own normalisation (and keep its
+                provenance, adding this run's) instead of fitting it to `train`: for weights
+                that start from a trained model's, e.g. distillation
+                (:func:`hazematching.distill.distill`).
 
         A stochastic method is then calibrated on the validation images (unless
         ``training.calibrate`` is off): crops of at most ``training.calibration_pixels`` pixels
@@ -214,14 +219,21 @@ class Model:
         from hazematching.training import check_settings
         from hazematching.training import fit as train_loop
 
+        from hazematching.methods.distillation import FlowMapDistillation
+
         if self.method.trainable:
             check_settings(self.config.training)
+        if (self.config.method_options.get("distilled_steps")
+                and not isinstance(self.method, FlowMapDistillation)):
+            raise ValueError("method_options.distilled_steps marks a model made by `hazematching "
+                             "distill`; train without it, then distil the trained model")
         out = Path(out_dir)
         with self._claim_model_dir(out, resume=resume, overwrite=overwrite):
             d = self.config.data
             train_pairs, val_pairs = self._load_training_pairs(train, val)
-            self.normalizer = Normalizer.fit(train_pairs.targets, train_pairs.inputs,
-                                             d.normalization, d.percentiles)
+            if not keep_normalization or self.normalizer is None:
+                self.normalizer = Normalizer.fit(train_pairs.targets, train_pairs.inputs,
+                                                 d.normalization, d.percentiles)
             n_ch = train_pairs.inputs[0].shape[1]
             if n_ch != self.config.in_channels:
                 raise ValueError(f"the data have {n_ch} input channel(s) but config.in_channels "
@@ -247,8 +259,9 @@ class Model:
             if is_zero and self.method.stochastic and self.config.training.calibrate:
                 extra["calibration_fit"] = self._calibrate_after_training(val_pairs, out)
             if is_zero:
-                self.provenance = extra
-                save_model(out, self.method, self.normalizer, self.calibration, extra=extra)
+                self.provenance = {**self.provenance, **extra} if keep_normalization else extra
+                save_model(out, self.method, self.normalizer, self.calibration,
+                           extra=self.provenance)
                 self.path = out
         return self
 
@@ -420,8 +433,20 @@ class Model:
         options such as InDI's steps), e.g. ``{"sampling.n_time_points": 10}``.
 
         The method is rebuilt from the new config and the current weights are loaded into it;
-        a change that alters the network (its shapes) is refused.
+        a change that alters the network (its shapes) is refused. Sampling fields that the
+        weights fix (a distilled network's grid, see ``Method.fixed_sampling``) are left as
+        they are, with a warning naming the settings that are not applied (a preset's grid
+        included).
         """
+        fixed = type(self.method).fixed_sampling(self.config)
+        ignored = {k: v for k, v in overrides.items() if k.startswith("sampling.")
+                   and k.split(".", 1)[1] in fixed and v is not None
+                   and v != fixed[k.split(".", 1)[1]]}
+        if ignored:
+            warnings.warn("this model was distilled for its sampling grid (" + ", ".join(
+                f"{k}={v!r}" for k, v in fixed.items()) + "); not applied: " + ", ".join(
+                f"{k}={v!r}" for k, v in ignored.items()), UserWarning, stacklevel=2)
+            overrides = {k: v for k, v in overrides.items() if k not in ignored}
         config = self.config.with_overrides(overrides, source="reconfigure")
         method = build_method(config)
         try:

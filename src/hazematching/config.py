@@ -344,6 +344,14 @@ class ModelConfig(_Strict):
             bad = "; ".join(f"method_options.{'.'.join(map(str, e['loc']))}: {e['msg']}"
                             for e in err.errors())
             raise ValueError(f"invalid options for method {self.method!r}: {bad}") from None
+        fixed = get_method_class(self.method).fixed_sampling(self)
+        wrong = {k: v for k, v in fixed.items() if getattr(self.sampling, k) != v}
+        if wrong:
+            raise ValueError(
+                "this network fixes its sampling grid (" + ", ".join(
+                    f"sampling.{k}={v!r}" for k, v in fixed.items()) + "), but the config "
+                "sets " + ", ".join(f"sampling.{k}={getattr(self.sampling, k)!r}"
+                                    for k in wrong) + "; drop those settings")
         return self
 
     def with_overrides(self, overrides: dict[str, Any], source: str = "overrides") -> ModelConfig:

@@ -3,7 +3,9 @@
 Each solver integrates dx/dt = v(t, x) from t = 0 (noise) to t = 1 (data) over a fixed grid and
 returns only the end point: no trajectory is kept, so memory does not grow with the number of
 steps. ``solver(velocity, x0, t_grid) -> x1`` with ``velocity(t, x)`` taking ``t`` of shape (B,)
-and ``x`` of shape (B, C, H, W). Every solver evaluates the field first at (t_grid[0], x0): for a
+and ``x`` of shape (B, C, H, W). The grid is one for the whole batch, (n,), or one per row,
+(n, B): each row then integrates over its own interval (as flow-map distillation needs, whose
+teacher integrates every training state from its own time to the next). Every solver evaluates the field first at (t_grid[0], x0): for a
 grid starting at 0 that first call is the one-call posterior-mean estimate x0 + v(0, x0) (see
 :func:`hazematching.methods.hazematching.HazeMatching.posterior_batch`).
 """
@@ -44,13 +46,23 @@ def time_grid(n_points: int, device: torch.device | str = "cpu",
     raise ValueError(f"unknown time schedule {schedule!r}; expected 'uniform' or 'late'")
 
 
+def _step(t_grid: Tensor, k: int, like: Tensor) -> Tensor:
+    """The k-th step size of a (n,) or (n, B) grid, shaped to broadcast against `like`."""
+    h = t_grid[k + 1] - t_grid[k]
+    return h.view(-1, *([1] * (like.dim() - 1))) if h.dim() else h
+
+
+def _times(t_b: Tensor, t: Tensor) -> Tensor:
+    """Fill the (B,) time buffer `t_b` with `t` (a scalar or one time per row)."""
+    return t_b.copy_(t.expand_as(t_b))
+
+
 def euler(velocity: VelocityFn, x0: Tensor, t_grid: Tensor) -> Tensor:
     """Explicit Euler: x_{k+1} = x_k + h_k·v(t_k, x_k). One network call per step."""
     x = x0
     t_b = torch.empty(x0.shape[0], device=x0.device, dtype=x0.dtype)
     for k in range(len(t_grid) - 1):
-        h = t_grid[k + 1] - t_grid[k]
-        x = x + h * velocity(t_b.fill_(t_grid[k]), x)
+        x = x + _step(t_grid, k, x) * velocity(_times(t_b, t_grid[k]), x)
     return x
 
 
@@ -59,10 +71,10 @@ def heun(velocity: VelocityFn, x0: Tensor, t_grid: Tensor) -> Tensor:
     x = x0
     t_b = torch.empty(x0.shape[0], device=x0.device, dtype=x0.dtype)
     for k in range(len(t_grid) - 1):
-        h = t_grid[k + 1] - t_grid[k]
-        v0 = velocity(t_b.fill_(t_grid[k]), x)
+        h = _step(t_grid, k, x)
+        v0 = velocity(_times(t_b, t_grid[k]), x)
         x_pred = x + h * v0
-        v1 = velocity(t_b.fill_(t_grid[k + 1]), x_pred)
+        v1 = velocity(_times(t_b, t_grid[k + 1]), x_pred)
         x = x + 0.5 * h * (v0 + v1)
     return x
 
@@ -76,9 +88,10 @@ def midpoint(velocity: VelocityFn, x0: Tensor, t_grid: Tensor) -> Tensor:
     x = x0
     t_b = torch.empty(x0.shape[0], device=x0.device, dtype=x0.dtype)
     for k in range(len(t_grid) - 1):
-        h = t_grid[k + 1] - t_grid[k]
-        v0 = velocity(t_b.fill_(t_grid[k]), x)
-        v_mid = velocity(t_b.fill_(t_grid[k] + 0.5 * h), x + 0.5 * h * v0)
+        h = _step(t_grid, k, x)
+        v0 = velocity(_times(t_b, t_grid[k]), x)
+        t_mid = t_grid[k] + 0.5 * (t_grid[k + 1] - t_grid[k])
+        v_mid = velocity(_times(t_b, t_mid), x + 0.5 * h * v0)
         x = x + h * v_mid
     return x
 

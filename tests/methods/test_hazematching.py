@@ -1,31 +1,16 @@
-"""HazeMatching's sampler against the exact velocity of a Gaussian posterior.
-
-For x1 | y ~ N(μ(y), s²) and x0 ~ N(0, 1) on straight paths x_t = (1 − t)·x0 + t·x1, the
-flow-matching optimum is linear in x: with a = 1 − t, b = t and d = a² + b²s²,
-v(t, x) = μ + (b·s² − a)/d · (x − b·μ). Its flow maps x0 to μ + s·x0, and at t = 0
-x0 + v(0, x0) = μ for every x0 — the one-call posterior mean is exact.
-"""
+"""HazeMatching's sampler against the exact velocity of a Gaussian posterior
+(:class:`helpers.GaussianPosteriorVelocity`): its flow maps x0 to μ + s·x0, and at t = 0
+x0 + v(0, x0) = μ for every x0 — the one-call posterior mean is exact."""
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from helpers import POSTERIOR_STD as S
+from helpers import GaussianPosteriorVelocity
 
 from hazematching.config import ModelConfig
 from hazematching.methods import build_method
 from hazematching.predict import predict_planes
-
-S = 0.5
-
-
-class GaussianPosteriorVelocity(nn.Module):
-    """The exact v(t, [x, μ]) above; μ is the condition channel."""
-
-    def forward(self, t, inp):
-        x, mu = inp[:, :1], inp[:, 1:2]
-        b = t.view(-1, 1, 1, 1).to(x.dtype)
-        a = 1 - b
-        return mu + (b * S**2 - a) / (a**2 + b**2 * S**2) * (x - b * mu)
 
 
 def _method(**sampling):

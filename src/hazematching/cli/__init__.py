@@ -9,7 +9,15 @@ from __future__ import annotations
 import typer
 
 from hazematching.cli.common import guard_app
-from hazematching.cli.core import benchmark, calibrate, demo, predict, train, write_config
+from hazematching.cli.core import (
+    benchmark,
+    calibrate,
+    demo,
+    distill,
+    predict,
+    train,
+    write_config,
+)
 from hazematching.cli.download import download_command, split_command
 from hazematching.cli.evaluate import evaluate_command, report_command
 from hazematching.cli.export import export_command, import_bmz_command
@@ -21,6 +29,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 app.command()(train)
 app.command()(predict)
 app.command()(calibrate)
+app.command()(distill)
 app.command("config")(write_config)
 app.command()(demo)
 app.add_typer(simulate_app, name="simulate")

@@ -129,12 +129,7 @@ def train(
     except USER_ERRORS as err:
         fail(str(err))
     if model.path is not None:
-        fit = model.provenance.get("calibration_fit")
-        if fit:
-            say(f"calibrated on {fit['pixels']} validation pixels of {fit['images']} image(s), "
-                f"{fit['n_samples']} samples: ENCE {fit['ence_before']:.3f} → "
-                f"{fit['ence_after']:.3f}{_heldout(fit.get('ence_heldout'))} "
-                f"(plot: {model.path / 'calibration.png'})")
+        _say_calibration(model)
         say(f"model written to {model.path}")
 
 
@@ -265,6 +260,61 @@ def predict(
             f"; {len(split)} split by planes" if split else "") + ")"
         say(f"done: {len(sources)} predicted{by}, {skipped} skipped; outputs in "
             f"{out_dir}")
+
+
+def distill(
+    model: Annotated[Path, typer.Argument(help="Trained HazeMatching model (the teacher).")],
+    data: Annotated[Path, typer.Argument(help="Training data, as for `train` (use the "
+                                              "teacher's, so that its validation images stay "
+                                              "unseen).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory of the distilled model.")],
+    steps: Annotated[int, typer.Option(help="Euler steps (network calls) per posterior sample "
+                                            "of the distilled model.")] = 4,
+    teacher_steps: Annotated[int, typer.Option(
+        help="Steps of the teacher's solver that make the target of one distilled step.")] = 2,
+    val: Annotated[Path | None, typer.Option(help="Validation folder.")] = None,
+    epochs: Annotated[int | None, typer.Option()] = None,
+    max_steps: Annotated[int | None, typer.Option()] = None,
+    max_minutes: Annotated[float | None, typer.Option(
+        help="Stop after this much distillation time (minutes).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (default: 0.2 × the "
+                                                  "teacher's).")] = None,
+    accelerator: Annotated[str | None, typer.Option(help="auto, cpu, gpu.")] = None,
+    devices: Annotated[str | None, typer.Option(help="Number of devices or 'auto'.")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="Any training config field, e.g. "
+                                            "--set training.batch_size=8.")] = [],  # noqa: B006
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoints/last.ckpt.")
+                      ] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace a finished model in OUT.")] = False,
+) -> None:
+    """Distil a trained model into a few-step sampler (flow-map distillation), calibrated."""
+    from hazematching.distill import distill as run_distillation
+
+    try:
+        overrides = {"training.epochs": epochs, "training.max_steps": max_steps,
+                     "training.max_minutes": max_minutes, "training.lr": lr,
+                     "training.accelerator": accelerator,
+                     "training.devices": _parse_devices(devices), **_parse_sets(set_)}
+        student = run_distillation(model, data, val, out_dir=out, steps=steps,
+                                   teacher_steps=teacher_steps,
+                                   overrides={k: v for k, v in overrides.items()
+                                              if v is not None},
+                                   resume=resume, overwrite=overwrite)
+    except USER_ERRORS as err:
+        fail(str(err))
+    if student.path is not None:
+        _say_calibration(student)
+        say(f"distilled model ({steps} network calls per sample) written to {student.path}")
+
+
+def _say_calibration(model: Any) -> None:
+    """Report the calibration fitted at the end of training, if there was one."""
+    fit = model.provenance.get("calibration_fit")
+    if fit:
+        say(f"calibrated on {fit['pixels']} validation pixels of {fit['images']} image(s), "
+            f"{fit['n_samples']} samples: ENCE {fit['ence_before']:.3f} → "
+            f"{fit['ence_after']:.3f}{_heldout(fit.get('ence_heldout'))} "
+            f"(plot: {model.path / 'calibration.png'})")
 
 
 def calibrate(

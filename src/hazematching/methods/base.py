@@ -48,6 +48,12 @@ class Method(nn.Module):
         self.config = config
         self.options: Any = self.Options.model_validate(config.method_options)
 
+    @classmethod
+    def fixed_sampling(cls, config: ModelConfig) -> dict[str, Any]:
+        """``sampling`` fields that the trained weights fix, {field: value} (e.g. the grid of a
+        distilled flow map); a config must hold these values. Default: none."""
+        return {}
+
     def training_loss(self, target: Tensor, cond: Tensor) -> Tensor:
         """Scalar training loss for a batch of normalised targets (B,1,H,W) and conditions."""
         raise NotImplementedError

@@ -7,6 +7,8 @@ Sampling integrates the ODE from fresh noise with y held fixed; each run is a po
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
@@ -22,6 +24,15 @@ class HazeMatchingOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     loss: PixelLoss = Field("mse", description="Velocity regression loss.")
+    distilled_steps: int | None = Field(
+        None, ge=1, description="Set by `hazematching distill`: the network was distilled into "
+        "a flow map of this many uniform Euler steps, each the average velocity over its step. "
+        "Its sampling grid is fixed: Euler on distilled_steps + 1 uniform time points.")
+
+
+def distilled_grid(steps: int) -> dict[str, Any]:
+    """The ``sampling`` settings a network distilled to `steps` Euler steps is sampled with."""
+    return {"solver": "euler", "n_time_points": steps + 1, "schedule": "uniform"}
 
 
 @register
@@ -36,6 +47,12 @@ class HazeMatching(Method):
     def __init__(self, config: ModelConfig):
         super().__init__(config)
         self.net = UNet(1 + config.in_channels, 1, config.network)
+
+    @classmethod
+    def fixed_sampling(cls, config: ModelConfig) -> dict[str, Any]:
+        """A distilled network's sampling grid (see :func:`distilled_grid`); {} otherwise."""
+        steps = cls.Options.model_validate(config.method_options).distilled_steps
+        return distilled_grid(steps) if steps else {}
 
     def velocity(self, t: Tensor, x: Tensor, cond: Tensor) -> Tensor:
         """v(t, x_t, y): t (B,) in [0, 1], x (B,1,H,W), cond (B,C,H,W) → (B,1,H,W)."""
@@ -84,7 +101,8 @@ class HazeMatching(Method):
                         sampling: SamplingConfig | None = None) -> tuple[Tensor, Tensor]:
         """A posterior sample (the ODE end point from x0) and the one-call estimate of the
         posterior mean x0 + v(0, x0, y), both (B, 1, H, W); solver and time grid from
-        `sampling` (default: the method's own ``config.sampling``).
+        `sampling` (default: the method's own ``config.sampling``), except for a distilled
+        network, which is always sampled on its own grid (:func:`distilled_grid`).
 
         The estimate is free: it is the solver's first evaluation. At the optimum of the
         flow-matching loss v(0, x0, y) = E[x1 | y] − E[x0 | x0, y], so x0 + v(0, x0, y) is
@@ -92,6 +110,8 @@ class HazeMatching(Method):
         leaves a residual dependence on x0 that averaging over draws removes.
         """
         s = sampling or self.config.sampling
+        if self.options.distilled_steps:  # the grid the flow map was distilled for, always
+            s = s.model_copy(update=distilled_grid(self.options.distilled_steps))
         x0 = self.start(cond, noise)
         grid = time_grid(s.n_time_points, cond.device, s.schedule).to(cond.dtype)
         first: list[Tensor] = []
