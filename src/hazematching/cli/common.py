@@ -13,7 +13,7 @@ import traceback
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -29,6 +29,18 @@ USER_ERRORS = (ValueError, FileExistsError, FileNotFoundError, ImportError, OSEr
 EXIT_UNEXPECTED = 1
 #: Set this environment variable to 1 to get the raw traceback instead of the one-line summary.
 DEBUG_ENV = "HAZEMATCHING_DEBUG"
+
+#: Options that the training commands (`train`, `distill`) share.
+ValOption = Annotated[Path | None, typer.Option(help="Validation folder.")]
+EpochsOption = Annotated[int | None, typer.Option(help="Stop after this many epochs.")]
+MaxStepsOption = Annotated[int | None, typer.Option(help="Stop after this many optimiser "
+                                                         "steps.")]
+MaxMinutesOption = Annotated[float | None, typer.Option(
+    help="Stop after this much training time (minutes); the learning-rate schedule follows "
+         "whichever budget ends first.")]
+AcceleratorOption = Annotated[str | None, typer.Option(help="auto, cpu, gpu.")]
+DevicesOption = Annotated[str | None, typer.Option(help="Number of devices or 'auto'.")]
+ResumeOption = Annotated[bool, typer.Option(help="Continue from OUT/checkpoints/last.ckpt.")]
 
 #: Start of an exception note naming the file being processed (see :func:`input_note`).
 _INPUT_NOTE = "while processing "

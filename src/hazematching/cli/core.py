@@ -10,7 +10,19 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from hazematching.cli.common import USER_ERRORS, console, fail, say
+from hazematching.cli.common import (
+    USER_ERRORS,
+    AcceleratorOption,
+    DevicesOption,
+    EpochsOption,
+    MaxMinutesOption,
+    MaxStepsOption,
+    ResumeOption,
+    ValOption,
+    console,
+    fail,
+    say,
+)
 from hazematching.config import ModelConfig, preset_overrides
 
 
@@ -88,24 +100,21 @@ def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Model directory to write.")],
     config: Annotated[Path | None, typer.Option(help="YAML config (see `hazematching config`).")
                       ] = None,
-    val: Annotated[Path | None, typer.Option(help="Validation folder.")] = None,
+    val: ValOption = None,
     method: Annotated[str | None, typer.Option(help="Restoration method (listed above; "
                                                     "default hazematching).")] = None,
-    epochs: Annotated[int | None, typer.Option()] = None,
-    max_steps: Annotated[int | None, typer.Option()] = None,
-    max_minutes: Annotated[float | None, typer.Option(
-        help="Stop after this much training time (minutes); the learning-rate schedule "
-             "follows whichever budget ends first.")] = None,
+    epochs: EpochsOption = None,
+    max_steps: MaxStepsOption = None,
+    max_minutes: MaxMinutesOption = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
     patch_size: Annotated[int | None, typer.Option()] = None,
     lr: Annotated[float | None, typer.Option()] = None,
-    accelerator: Annotated[str | None, typer.Option(help="auto, cpu, gpu.")] = None,
-    devices: Annotated[str | None, typer.Option(help="Number of devices or 'auto'.")] = None,
+    accelerator: AcceleratorOption = None,
+    devices: DevicesOption = None,
     strategy: Annotated[str | None, typer.Option(help="auto, ddp, ….")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Any config field, e.g. "
                                             "--set network.model_channels=64.")] = [],  # noqa: B006
-    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoints/last.ckpt.")
-                      ] = True,
+    resume: ResumeOption = True,
     overwrite: Annotated[bool, typer.Option(help="Replace a finished model in OUT by a new "
                                                  "training run.")] = False,
     calibrate: Annotated[bool | None, typer.Option(
@@ -272,19 +281,17 @@ def distill(
                                             "of the distilled model.")] = 4,
     teacher_steps: Annotated[int, typer.Option(
         help="Steps of the teacher's solver that make the target of one distilled step.")] = 2,
-    val: Annotated[Path | None, typer.Option(help="Validation folder.")] = None,
-    epochs: Annotated[int | None, typer.Option()] = None,
-    max_steps: Annotated[int | None, typer.Option()] = None,
-    max_minutes: Annotated[float | None, typer.Option(
-        help="Stop after this much distillation time (minutes).")] = None,
+    val: ValOption = None,
+    epochs: EpochsOption = None,
+    max_steps: MaxStepsOption = None,
+    max_minutes: MaxMinutesOption = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate (default: 0.2 × the "
                                                   "teacher's).")] = None,
-    accelerator: Annotated[str | None, typer.Option(help="auto, cpu, gpu.")] = None,
-    devices: Annotated[str | None, typer.Option(help="Number of devices or 'auto'.")] = None,
+    accelerator: AcceleratorOption = None,
+    devices: DevicesOption = None,
     set_: Annotated[list[str], typer.Option("--set", help="Any training config field, e.g. "
                                             "--set training.batch_size=8.")] = [],  # noqa: B006
-    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoints/last.ckpt.")
-                      ] = True,
+    resume: ResumeOption = True,
     overwrite: Annotated[bool, typer.Option(help="Replace a finished model in OUT.")] = False,
 ) -> None:
     """Distil a trained model into a few-step sampler (flow-map distillation), calibrated."""
