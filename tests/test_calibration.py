@@ -187,3 +187,13 @@ def test_heldout_ence_scores_each_fold_with_the_others_fit():
         heldout_ence(stds, errs, folds=1)
     with pytest.raises(ValueError, match="4 std maps but 3 error maps"):
         heldout_ence(stds, errs[:3])
+
+
+def test_fit_reuses_a_given_curve_and_refuses_another():
+    std, err = _draw(2.0, 0.3, n=50_000)
+    curve = calibration_curve(std, err, 30)
+    assert fit(std, err, 30, curve=curve) == fit(std, err, 30)
+    with pytest.raises(ValueError, match="not the 30-bin curve"):
+        fit(std, err, 30, curve=calibration_curve(std, err, 20))
+    with pytest.raises(ValueError, match="not the 30-bin curve"):
+        fit(std[:1000], err[:1000], 30, curve=curve)

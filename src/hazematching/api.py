@@ -875,7 +875,8 @@ class Model:
         std = np.concatenate([s.ravel() for s in stds])
         err = np.concatenate([e.ravel() for e in errs])
         before = cal.calibration_curve(std, err, n_bins)
-        fitted = cal.fit(std, err, n_bins, kind, fitted_for=self.config.sampling.estimator(S))
+        fitted = cal.fit(std, err, n_bins, kind, fitted_for=self.config.sampling.estimator(S),
+                         curve=before)
         after = cal.calibration_curve(fitted.apply(std), err, n_bins)
         self.calibration = fitted
         if plot is not None:

@@ -233,12 +233,21 @@ def check_kind(kind: str, name: str = "calibration kind") -> None:
 
 def fit(std: np.ndarray, error: np.ndarray, n_bins: int = 50,
         kind: CalibrationKind = "monotone",
-        fitted_for: dict[str, Any] | None = None) -> Calibration:
+        fitted_for: dict[str, Any] | None = None,
+        curve: CalibrationCurve | None = None) -> Calibration:
     """Fit a :class:`Calibration` from validation std and error arrays (same shape): the line
     through `n_bins` equal-width bins always (its a, b), and for 'monotone' the knots of the
-    increasing curve through min(`n_bins`, :data:`MONOTONE_FIT_BINS`) bins."""
+    increasing curve through min(`n_bins`, :data:`MONOTONE_FIT_BINS`) bins.
+
+    `curve`: ``calibration_curve(std, error, n_bins)`` when the caller has it already (e.g. to
+    report the uncalibrated ENCE), so that the pixels are not binned twice."""
     check_kind(kind)
-    a, b = fit_calibration(calibration_curve(std, error, n_bins))
+    if curve is None:
+        curve = calibration_curve(std, error, n_bins)
+    elif curve.bin_edges.size != n_bins + 1 or int(curve.counts.sum()) + curve.dropped != np.size(std):
+        raise ValueError(f"the given curve is not the {n_bins}-bin curve of these "
+                         f"{np.size(std)} pixels: pass the curve of the same std and error")
+    a, b = fit_calibration(curve)
     knots = (fit_monotone(calibration_curve(std, error, min(n_bins, MONOTONE_FIT_BINS)), a)
              if kind == "monotone" else ())
     return Calibration(a=a, b=b, fitted_for=fitted_for, knots=knots)
