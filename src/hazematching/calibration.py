@@ -244,12 +244,16 @@ def fit(std: np.ndarray, error: np.ndarray, n_bins: int = 50,
     check_kind(kind)
     if curve is None:
         curve = calibration_curve(std, error, n_bins)
-    elif curve.bin_edges.size != n_bins + 1 or int(curve.counts.sum()) + curve.dropped != np.size(std):
+    elif (curve.bin_edges.size != n_bins + 1
+          or int(curve.counts.sum()) + curve.dropped != np.size(std)):
         raise ValueError(f"the given curve is not the {n_bins}-bin curve of these "
                          f"{np.size(std)} pixels: pass the curve of the same std and error")
     a, b = fit_calibration(curve)
-    knots = (fit_monotone(calibration_curve(std, error, min(n_bins, MONOTONE_FIT_BINS)), a)
-             if kind == "monotone" else ())
+    knots: tuple[tuple[float, float], ...] = ()
+    if kind == "monotone":  # through at most MONOTONE_FIT_BINS bins: `curve` when it has no more
+        coarse = (curve if n_bins <= MONOTONE_FIT_BINS
+                  else calibration_curve(std, error, MONOTONE_FIT_BINS))
+        knots = fit_monotone(coarse, a)
     return Calibration(a=a, b=b, fitted_for=fitted_for, knots=knots)
 
 
